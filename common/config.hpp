@@ -1,0 +1,169 @@
+#pragma once
+// The configuration: a TOML file (PRODUCT.md §4) parsed, validated and normalised into
+// an immutable snapshot. Every key is declared once, in config.cpp's schema tables, with
+// its type, default, bounds and a line of documentation. Every problem is reported as
+// `FILE:LINE:COL: message`, all of them, sorted by position.
+//
+// Trust: reads an operator-owned file; exceptions are not used on the data path, only
+// here (load time), and never escape `load_config`.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/net.hpp"
+#include "common/units.hpp"
+
+namespace sluice {
+
+struct SourceRef {
+    std::string file;
+    int line = 0;
+    int column = 0;
+
+    std::string str() const { return file + ":" + std::to_string(line); }
+};
+
+struct Diagnostic {
+    enum class Severity { error, warning };
+    Severity severity = Severity::error;
+    SourceRef where;
+    std::string message;
+
+    // "FILE:LINE:COL: message" (warnings say "warning: " after the position).
+    std::string str() const;
+};
+
+enum class Role { mx, submission };
+enum class TlsMode { off, optional, required, implicit };
+enum class FilterMode { off, allow_listed, deny_listed };
+
+struct ListenerConfig {
+    std::string name;
+    SockAddr address;
+    std::string address_text;
+    Role role = Role::mx;
+    TlsMode tls = TlsMode::off;
+    std::vector<Cidr> proxy_protocol;  // trusted load balancers; empty: off
+    bool auth_without_tls = false;     // only honoured on loopback addresses
+    bool sender_login_match = false;
+    SourceRef where;
+};
+
+struct Transport {
+    enum class Kind { smtp, maildir };
+    Kind kind = Kind::maildir;
+    std::string host;  // smtp: IP literal or name
+    std::uint16_t port = 25;
+    TlsMode starttls = TlsMode::optional;  // smtp: off | optional | required
+    std::string path;  // maildir: absolute directory
+    bool inline_delivery = false;
+    std::string text;  // as written, for logs
+};
+
+struct Route {
+    std::string domain;  // lower-case, or "*"
+    Transport transport;
+    SourceRef where;
+};
+
+struct RelayConfig {
+    bool enabled;
+    bool authenticated;
+    bool privileged_networks;
+    bool local_senders;
+    bool open;
+    bool acknowledge_open_relay;
+};
+
+struct Config {
+    std::string path;  // absolute path of the file this came from
+    std::string dir;   // its directory: relative paths are resolved against it
+
+    struct {
+        std::string hostname;
+        unsigned shards;
+        std::uint32_t max_connections;
+        std::uint32_t max_connections_per_ip;
+        std::string nat_router;
+    } server;
+
+    std::vector<ListenerConfig> listeners;
+
+    struct {
+        std::string certificate;
+        std::string key;
+    } tls;
+
+    struct {
+        std::uint64_t message_size;
+        std::uint32_t recipients;
+        Millis command_timeout;
+        Millis data_timeout;
+        Millis command_deadline;      // whole command line, however slowly it trickles
+        std::uint64_t min_data_rate;  // bytes per second averaged over DATA
+        std::uint32_t max_errors;
+        std::uint32_t max_hops;
+        Millis shutdown_grace;
+    } limits;
+
+    RelayConfig relay;
+
+    struct {
+        FilterMode filter;
+    } connections;
+
+    struct {
+        std::vector<std::string> local;  // lower-case, no trailing dot
+    } domains;
+
+    struct {
+        std::string dir;
+    } maps;
+
+    std::vector<Route> routes;
+
+    struct {
+        std::string dir;
+        std::vector<Millis> retry;
+        Millis max_age;
+    } spool;
+
+    struct {
+        std::string socket;
+    } control;
+
+    struct {
+        std::string address_text;
+        std::optional<SockAddr> address;
+    } stats;
+
+    // Where each key was set ("relay.open" -> file:line), for `explain` and lint output.
+    std::map<std::string, SourceRef> sources;
+
+    // The route for a recipient domain: exact match, else "*", else nullptr.
+    const Route* route_for(std::string_view domain) const;
+    bool is_local_domain(std::string_view domain) const;
+};
+
+struct LoadResult {
+    std::shared_ptr<const Config> config;  // null when there is any error
+    std::vector<Diagnostic> diagnostics;   // errors and warnings, sorted by position
+
+    bool ok() const { return config != nullptr; }
+};
+
+LoadResult load_config(const std::string& path);
+LoadResult load_config_text(const std::string& text, const std::string& path);
+
+// The schema as documentation: one line per key ("section.key  kind  default  doc").
+std::string describe_schema();
+
+std::string_view to_string(Role r);
+std::string_view to_string(TlsMode m);
+
+}  // namespace sluice

@@ -1,0 +1,154 @@
+#include "common/config.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace sluice;
+
+namespace {
+
+const char* kGood = R"(
+[server]
+hostname = "mx.example.test"
+shards = 2
+
+[[listener]]
+name = "mx"
+address = "127.0.0.1:2525"
+role = "mx"
+
+[limits]
+message_size = "10MiB"
+command_timeout = "30s"
+
+[domains]
+local = ["Example.TEST."]
+
+[routes]
+"example.test" = "maildir:mail"
+"*" = "smtp://127.0.0.1:2526?starttls=off"
+)";
+
+std::string all(const LoadResult& r) {
+    std::string s;
+    for (const auto& d : r.diagnostics) {
+        s += d.str() + "\n";
+    }
+    return s;
+}
+
+}  // namespace
+
+TEST(Config, LoadsAndAppliesDefaults) {
+    auto r = load_config_text(kGood, "/etc/sluice/sluice.toml");
+    ASSERT_TRUE(r.ok()) << all(r);
+    const auto& c = *r.config;
+    EXPECT_EQ(c.server.hostname, "mx.example.test");
+    EXPECT_EQ(c.server.shards, 2u);
+    EXPECT_EQ(c.server.max_connections, 10000u);
+    EXPECT_EQ(c.limits.message_size, 10u << 20);
+    EXPECT_EQ(c.limits.recipients, 100u);
+    EXPECT_EQ(c.limits.command_timeout, Millis(30'000));
+    EXPECT_EQ(c.limits.data_timeout, Millis(600'000));
+    EXPECT_TRUE(c.relay.enabled);
+    EXPECT_TRUE(c.relay.authenticated);
+    EXPECT_FALSE(c.relay.open);
+    EXPECT_EQ(c.spool.retry.size(), 5u);
+    ASSERT_EQ(c.domains.local.size(), 1u);
+    EXPECT_EQ(c.domains.local[0], "example.test");
+    ASSERT_EQ(c.listeners.size(), 1u);
+    EXPECT_EQ(c.listeners[0].address.port, 2525);
+    const Route* local = c.route_for("example.test");
+    ASSERT_NE(local, nullptr);
+    EXPECT_EQ(local->transport.kind, Transport::Kind::maildir);
+    EXPECT_EQ(local->transport.path, "/etc/sluice/mail");  // relative to the config file
+    const Route* other = c.route_for("elsewhere.test");
+    ASSERT_NE(other, nullptr);
+    EXPECT_EQ(other->transport.port, 2526);
+    EXPECT_EQ(other->transport.starttls, TlsMode::off);
+    EXPECT_EQ(c.sources.at("limits.message_size").line, 12);
+}
+
+TEST(Config, ReportsEveryErrorWithPosition) {
+    const char* bad = R"([server]
+shards = "two"
+colour = "blue"
+
+[limits]
+message_size = "25 parsecs"
+recipients = 0
+command_timeout = 300
+
+[[listener]]
+name = "mx"
+address = "localhost:25"
+)";
+    auto r = load_config_text(bad, "/tmp/x.toml");
+    EXPECT_FALSE(r.ok());
+    auto s = all(r);
+    EXPECT_NE(s.find("/tmp/x.toml:2:10: server.shards: expected integer"), std::string::npos) << s;
+    EXPECT_NE(s.find("/tmp/x.toml:3:1: unknown key \"server.colour\""), std::string::npos) << s;
+    EXPECT_NE(s.find("/tmp/x.toml:6:16: limits.message_size: unknown size unit"), std::string::npos) << s;
+    EXPECT_NE(s.find("/tmp/x.toml:7:14: limits.recipients: 0 (allowed 1..100000) is out of range"),
+              std::string::npos) << s;
+    EXPECT_NE(s.find("/tmp/x.toml:8:19: limits.command_timeout: expected a duration"), std::string::npos) << s;
+    EXPECT_NE(s.find("/tmp/x.toml:12:11: listener.address: not an IP address"), std::string::npos) << s;
+    // Sorted by position.
+    EXPECT_LT(s.find(":2:10:"), s.find(":3:1:"));
+    EXPECT_LT(s.find(":8:19:"), s.find(":12:11:"));
+}
+
+TEST(Config, SyntaxErrorHasPosition) {
+    auto r = load_config_text("[server\nshards = 1\n", "/tmp/y.toml");
+    ASSERT_FALSE(r.ok());
+    ASSERT_EQ(r.diagnostics.size(), 1u);
+    EXPECT_EQ(r.diagnostics[0].where.line, 1);
+    EXPECT_EQ(r.diagnostics[0].str().rfind("/tmp/y.toml:1:", 0), 0u);
+}
+
+TEST(Config, OpenRelayRefusedWithoutAcknowledgement) {
+    std::string t = std::string(kGood) + "\n[relay]\nopen = true\n";
+    auto r = load_config_text(t, "/tmp/z.toml");
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(all(r).find("open relay"), std::string::npos);
+    t += "acknowledge_open_relay = true\n";
+    EXPECT_TRUE(load_config_text(t, "/tmp/z.toml").ok());
+}
+
+TEST(Config, ListenerChecks) {
+    const char* dup = R"(
+[[listener]]
+name = "a"
+address = "127.0.0.1:25"
+[[listener]]
+name = "a"
+address = "127.0.0.1:25"
+tls = "sometimes"
+[[listener]]
+name = "sub"
+address = "192.0.2.1:587"
+auth_without_tls = true
+)";
+    auto r = load_config_text(dup, "/tmp/l.toml");
+    ASSERT_FALSE(r.ok());
+    auto s = all(r);
+    EXPECT_NE(s.find("is not one of off|optional|required|implicit"), std::string::npos) << s;
+    EXPECT_NE(s.find("auth_without_tls is only allowed on loopback"), std::string::npos) << s;
+}
+
+TEST(Config, BadRoutes) {
+    const char* t = R"(
+[[listener]]
+name = "a"
+address = "127.0.0.1:25"
+[routes]
+"example.test" = "ftp://x"
+"b.test" = "smtp://127.0.0.1"
+"c.test" = "smtp://127.0.0.1:25?starttls=maybe"
+)";
+    auto r = load_config_text(t, "/tmp/r.toml");
+    ASSERT_FALSE(r.ok());
+    auto s = all(r);
+    EXPECT_NE(s.find("unknown transport"), std::string::npos) << s;
+    EXPECT_NE(s.find("needs HOST:PORT"), std::string::npos) << s;
+    EXPECT_NE(s.find("unknown option \"starttls=maybe\""), std::string::npos) << s;
+}
