@@ -1,0 +1,83 @@
+// sluicectl: the operator's control CLI (PRODUCT.md §1). Talks to the daemon over the
+// control socket where a live daemon is needed, and works offline on the config, the
+// maps and the spool where that makes sense.
+//
+// Trust: run by the operator; every argument is still validated.
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+#include "tools/ctl.hpp"
+
+namespace sluice::ctl {
+
+int fail(std::string_view message, int code) {
+    std::cerr << "sluicectl: " << message << "\n";
+    return code;
+}
+
+bool wants_help(const Args& args) {
+    for (const auto& a : args) {
+        if (a == "--help" || a == "-h") {
+            return true;
+        }
+    }
+    return false;
+}
+
+namespace {
+
+// clang-format off
+const Command commands[] = {
+    // One row per command; each defined in its own tools/cmd_*.cpp.
+};
+// clang-format on
+
+void usage(std::FILE* out) {
+    std::fprintf(out, "usage: sluicectl [--config FILE] [--json] COMMAND [ARGS]\n\ncommands:\n");
+    for (const auto& c : commands) {
+        std::fprintf(out, "  %-12.*s %.*s\n", static_cast<int>(c.name.size()), c.name.data(),
+                     static_cast<int>(c.summary.size()), c.summary.data());
+    }
+    std::fprintf(out, "\n'sluicectl COMMAND --help' describes a command.\n");
+}
+
+}  // namespace
+}  // namespace sluice::ctl
+
+int main(int argc, char** argv) {
+    using namespace sluice::ctl;
+    std::signal(SIGPIPE, SIG_IGN);
+    Options opts;
+    Args rest;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "--config") {
+            if (i + 1 >= argc) {
+                return fail("--config needs a FILE");
+            }
+            opts.config_path = argv[++i];
+            opts.config_given = true;
+        } else if (a.rfind("--config=", 0) == 0) {
+            opts.config_path = a.substr(9);
+            opts.config_given = true;
+        } else if (a == "--json") {
+            opts.json = true;
+        } else {
+            rest.push_back(std::move(a));
+        }
+    }
+    if (rest.empty() || ((rest[0] == "--help" || rest[0] == "-h" || rest[0] == "help"))) {
+        usage(rest.empty() ? stderr : stdout);
+        return rest.empty() ? kUsage : kOk;
+    }
+    std::string name = rest[0];
+    rest.erase(rest.begin());
+    for (const auto& c : commands) {
+        if (c.name == name) {
+            return c.run(rest, opts);
+        }
+    }
+    return fail("unknown command \"" + name + "\" (try sluicectl --help)");
+}
