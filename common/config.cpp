@@ -102,6 +102,9 @@ const Key<Config> config_keys[] = {
     {"limits", "shutdown_grace", Kind::duration, "30s", 0, 3'600'000, "", "how long DATA in flight may finish after SIGTERM",
         [](Config& c, const Value& v) { c.limits.shutdown_grace = v.d; }},
 
+    {"limits", "greeting_delay", Kind::duration, "0s", 0, 60'000, "", "hold the greeting this long; clients talking first are refused (554 5.5.0)",
+        [](Config& c, const Value& v) { c.limits.greeting_delay = v.d; }},
+
     {"relay", "enabled", Kind::boolean, "true", 0, 0, "", "relaying at all; false denies every non-local recipient (D112)",
         [](Config& c, const Value& v) { c.relay.enabled = v.b; }},
     {"relay", "authenticated", Kind::boolean, "true", 0, 0, "", "relay for authenticated senders (G108)",

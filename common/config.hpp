@@ -109,6 +109,7 @@ struct Config {
         std::uint32_t max_errors;
         std::uint32_t max_hops;
         Millis shutdown_grace;
+        Millis greeting_delay;        // input before the greeting: early talker (554)
     } limits;
 
     RelayConfig relay;

@@ -26,6 +26,7 @@ constexpr Row rows[] = {
     {R::pipelining_not_advertised,
                                  {554, "5.5.0", "Protocol error: pipelining not allowed here", true}},
     {R::connection_refused,      {554, "5.7.1", "Connection refused", true}},
+    {R::lookup_failed_connect,   {421, "4.3.0", "Temporary lookup failure, try again later", true}},
     {R::bare_line_ending,        {521, "5.5.2", "Bare CR or LF received, closing connection", true}},
     {R::ehlo,                    {250, "",      "%", false}},
     {R::helo,                    {250, "",      "%", false}},
@@ -140,6 +141,16 @@ const ReplySpec& reply_spec(Reply r) { return table[static_cast<std::size_t>(r)]
 void append_reply(std::string& out, Reply r, std::string_view arg, std::string_view text) {
     append_body(out, reply_spec(r), arg, text);
     out += "\r\n";
+}
+
+void append_multiline(std::string& out, Reply r, const std::vector<std::string>& lines) {
+    const auto& spec = reply_spec(r);
+    for (std::size_t i = 0; i < lines.size(); ++i) {
+        out += std::to_string(spec.code);
+        out.push_back(i + 1 == lines.size() ? ' ' : '-');
+        append_clean(out, lines[i]);
+        out += "\r\n";
+    }
 }
 
 std::string reply_line(Reply r, std::string_view arg, std::string_view text) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace sluice {
 
@@ -23,6 +24,7 @@ enum class Reply : std::uint8_t {
     early_talker,        // 554 5.5.0, then close
     pipelining_not_advertised,
     connection_refused,  // 554 5.7.1 at greeting (C130)
+    lookup_failed_connect, // 421 4.3.0 at greeting (T140), then close (RFC 5321 §3.8)
     bare_line_ending,    // 521 5.5.2, then close (SMTP smuggling)
     // Command level.
     ehlo,                // 250 multi-line, no enhanced code
@@ -99,6 +101,10 @@ const ReplySpec& reply_spec(Reply r);
 // dropped so a peer-controlled string can never end a reply early.
 void append_reply(std::string& out, Reply r, std::string_view arg = {},
                   std::string_view text = {});
+
+// A multi-line reply (RFC 5321 §4.2.1: "250-" on every line but the last): the table row
+// gives the code; `lines` give the texts.
+void append_multiline(std::string& out, Reply r, const std::vector<std::string>& lines);
 
 // The reply as one string without the trailing CRLF (for logs and `explain`).
 std::string reply_line(Reply r, std::string_view arg = {}, std::string_view text = {});

@@ -1,0 +1,65 @@
+#pragma once
+// One inbound TCP connection on a shard loop: turns libuv reads, writes, timers and
+// thread-pool completions into the handful of events the SMTP session understands, and
+// writes what the session produced once per read batch (RFC 2920 §3.2).
+//
+// A Connection is heap-allocated, never moved, and deleted only when its handle's close
+// callback has run and no thread-pool work still refers to it (libuv's rule).
+
+#include <uv.h>
+
+#include <memory>
+#include <string>
+
+#include "daemon/session.hpp"
+
+namespace sluice {
+
+class Shard;
+
+class Connection final : public smtp::SessionHooks {
+public:
+    // Accepts from `server` and starts the session, or refuses (limits) and closes.
+    static void accept(Shard& shard, uv_stream_t* server, std::size_t listener_index);
+
+    void tick(smtp::Clock::time_point now);
+    void shutdown();
+    void force_close();
+
+    std::size_t slot = 0;  // position in the shard's connection list
+
+    // SessionHooks
+    void commit(std::unique_ptr<storage::Message> msg) override;
+    bool transport_available(const Transport& t) const override;
+
+private:
+    explicit Connection(Shard& shard);
+    ~Connection() override;
+
+    static void on_alloc(uv_handle_t* h, std::size_t suggested, uv_buf_t* buf);
+    static void on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
+    static void on_write(uv_write_t* req, int status);
+    static void on_close(uv_handle_t* h);
+
+    void flush();
+    void close_handle();
+    void release();  // drops one reference; deletes at zero
+    void commit_finished(storage::CommitStatus status);
+
+    Shard& shard_;
+    uv_tcp_t tcp_{};
+    uv_write_t write_req_{};
+    std::string writing_;  // bytes owned by the write in flight
+    bool write_in_flight_ = false;
+    bool reading_ = false;
+    bool closing_ = false;
+    bool limiter_held_ = false;
+    int refs_ = 1;  // the handle; +1 per thread-pool job
+    IpAddr peer_;
+    std::unique_ptr<smtp::Session> session_;
+
+    friend class Shard;
+    friend struct CommitJob;
+};
+
+}  // namespace sluice

@@ -1,0 +1,718 @@
+#include "daemon/session.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <ctime>
+
+#include "common/log.hpp"
+
+namespace sluice::smtp {
+namespace {
+
+// Unprocessed input kept while a commit is in flight (pipelined commands after "."):
+// beyond this the connection stops reading until the session catches up.
+constexpr std::size_t kMaxPendingInput = 64 * 1024;
+
+// RFC 5321 §4.5.3.1.8 allows rejecting excess recipients; RCPT attempts beyond this count
+// (accepted or not) end the session as abusive.
+constexpr std::uint32_t kMaxRcptAttemptsFactor = 2;
+
+bool ascii_iequals(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) {
+        return false;
+    }
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        char x = a[i], y = b[i];
+        if (x >= 'a' && x <= 'z') x = static_cast<char>(x - 32);
+        if (y >= 'a' && y <= 'z') y = static_cast<char>(y - 32);
+        if (x != y) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// RFC 5321 §4.1.1.1: EHLO/HELO take a domain or an address literal.
+bool valid_helo(std::string_view s) {
+    if (s.empty() || s.size() > 255) {
+        return false;
+    }
+    if (s.front() == '[') {
+        return s.back() == ']' && s.size() > 2 &&
+               std::all_of(s.begin() + 1, s.end() - 1, [](char c) {
+                   return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == ':';
+               });
+    }
+    return std::all_of(s.begin(), s.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_';
+    });
+}
+
+std::string rfc5322_date() {
+    std::time_t t = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[64];
+    std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    return buf;
+}
+
+std::string new_message_id(int shard) {
+    // Unique per host: start time, shard and a per-shard sequence, in compact base 32.
+    static const std::uint64_t boot = static_cast<std::uint64_t>(std::time(nullptr));
+    thread_local std::uint64_t seq = 0;
+    std::uint64_t v = (boot << 24) ^ (static_cast<std::uint64_t>(shard) << 56) ^ ++seq;
+    static constexpr char digits[] = "0123456789BCDFGHJKLMNPQRSTVWXYZ";
+    std::string out;
+    std::uint64_t hi = boot;
+    for (int i = 0; i < 6; ++i) {
+        out.push_back(digits[hi % 31]);
+        hi /= 31;
+    }
+    out.push_back(digits[shard % 31]);
+    std::uint64_t s = seq;
+    (void)v;
+    std::string tail;
+    do {
+        tail.push_back(digits[s % 31]);
+        s /= 31;
+    } while (s);
+    std::reverse(tail.begin(), tail.end());
+    return out + tail;
+}
+
+// Counts Received: fields in the header section (RFC 5321 §6.3 loop detection).
+std::uint32_t count_hops(std::string_view data) {
+    std::uint32_t hops = 0;
+    std::size_t pos = 0;
+    while (pos < data.size()) {
+        std::size_t eol = data.find("\r\n", pos);
+        if (eol == std::string_view::npos || eol == pos) {
+            break;  // end of data or the empty line that ends the header section
+        }
+        std::string_view line = data.substr(pos, eol - pos);
+        if (line.size() >= 9 && ascii_iequals(line.substr(0, 9), "Received:")) {
+            ++hops;
+        }
+        pos = eol + 2;
+    }
+    return hops;
+}
+
+std::string angle(std::string_view a) { return "<" + std::string(a) + ">"; }
+
+}  // namespace
+
+Session::Session(SessionParams p) : p_(std::move(p)), cfg_(*p_.snapshot->config) {
+    p_.metrics->sessions_active.add(1);
+}
+
+Session::~Session() { p_.metrics->sessions_active.add(-1); }
+
+policy::Facts Session::facts() const {
+    policy::Facts f;
+    f.listener = p_.listener->name;
+    f.role = p_.listener->role;
+    f.client = p_.client;
+    f.helo = helo_;
+    f.tls = false;
+    f.auth_user = {};
+    return f;
+}
+
+void Session::start(Clock::time_point now) {
+    started_ = now;
+    last_input_ = now;
+    auto d = policy::decide_connect(facts(), p_.snapshot->rules, *p_.maps);
+    if (d.verdict != policy::Verdict::accept) {
+        auto& m = p_.metrics->connections[p_.listener_index][static_cast<int>(ConnResult::filtered)];
+        m.add();
+        log_decision("connect", d, {}, {});
+        reply_decision(d);
+        close(d.verdict == policy::Verdict::defer ? "deferred" : "refused");
+        return;
+    }
+    p_.metrics->connections[p_.listener_index][static_cast<int>(ConnResult::accepted)].add();
+    if (p_.greeting_delay.count() > 0) {
+        state_ = State::greeting_delay;
+        return;
+    }
+    state_ = State::command;
+    reply(Reply::greeting, cfg_.server.hostname);
+}
+
+bool Session::wants_input() const { return state_ != State::closed && in_.size() < kMaxPendingInput; }
+
+void Session::receive(std::string_view bytes, Clock::time_point now) {
+    if (state_ == State::closed || bytes.empty()) {
+        return;
+    }
+    last_input_ = now;
+    bytes_in_ += bytes.size();
+    p_.metrics->bytes_received.add(bytes.size());
+    if (state_ == State::greeting_delay) {
+        // RFC 5321 §4.3.1: the client waits for the greeting. Talking first is what
+        // spam engines do to save a round trip.
+        reply(Reply::early_talker);
+        close("early_talker");
+        return;
+    }
+    if (in_.empty()) {
+        // Fast path: parse straight from the read buffer, keep only the remainder.
+        std::string_view view = bytes;
+        process(view, now);
+        if (state_ != State::closed && !view.empty()) {
+            in_.assign(view);
+        }
+        return;
+    }
+    in_.append(bytes);
+    std::string_view view = in_;
+    process(view, now);
+    in_.erase(0, in_.size() - view.size());
+}
+
+void Session::process(std::string_view& input, Clock::time_point now) {
+    while (!input.empty() && (state_ == State::command || state_ == State::data)) {
+        if (state_ == State::data) {
+            auto r = data_->feed(input, body_);
+            input.remove_prefix(r.consumed);
+            if (r.status == DataReader::Status::need_more) {
+                return;
+            }
+            if (r.status != DataReader::Status::done) {
+                // SMTP smuggling defence: the message is discarded, never forwarded.
+                p_.metrics->messages[static_cast<int>(MsgResult::rejected)].add();
+                reply(Reply::bare_line_ending);
+                close("bare_line_ending");
+                return;
+            }
+            end_of_data(now);
+            continue;
+        }
+        auto r = scanner_.next(input);
+        switch (r.status) {
+            case LineScanner::Status::need_more:
+                input.remove_prefix(r.consumed);
+                if (!input.empty() || scanner_.skipping()) {
+                    if (!line_started_) {
+                        line_started_ = now;
+                    }
+                }
+                if (r.consumed == 0 || input.empty()) {
+                    return;
+                }
+                continue;
+            case LineScanner::Status::too_long:
+                input.remove_prefix(r.consumed);
+                line_started_ = now;
+                reply(Reply::line_too_long);
+                continue;
+            case LineScanner::Status::bare_cr:
+            case LineScanner::Status::bare_lf:
+                reply(Reply::bare_line_ending);
+                close("bare_line_ending");
+                return;
+            case LineScanner::Status::line:
+                line_started_.reset();
+                input.remove_prefix(r.consumed);
+                handle_line(r.line.empty() ? std::string_view{} : r.line, !input.empty(), now);
+                // `r.line` points into `input`'s storage, still valid here.
+                continue;
+        }
+    }
+}
+
+void Session::handle_line(std::string_view line, bool more_input, Clock::time_point now) {
+    Command c = parse_command(line);
+    if (c.has_nul) {
+        reply(Reply::invalid_character);
+        return;
+    }
+    // RFC 2920 §3.1: EHLO, DATA, QUIT, NOOP, VRFY, EXPN, STARTTLS and AUTH end a group; the
+    // client must wait for their reply. Without EHLO there is no pipelining at all.
+    auto sync_check = [&] {
+        if (more_input && state_ != State::closed) {
+            reply(Reply::pipelining_not_advertised);
+            close("pipelining_violation");
+            return false;
+        }
+        return true;
+    };
+    if (!esmtp_ && more_input && c.verb != Verb::quit) {
+        reply(Reply::pipelining_not_advertised);
+        close("pipelining_violation");
+        return;
+    }
+    if (c.has_8bit && c.verb != Verb::mail && c.verb != Verb::rcpt) {
+        reply(Reply::invalid_character);
+        return;
+    }
+    switch (c.verb) {
+        case Verb::ehlo:
+        case Verb::helo:
+            on_ehlo(c, c.verb == Verb::ehlo);
+            sync_check();
+            return;
+        case Verb::mail:
+            on_mail(c);
+            return;
+        case Verb::rcpt:
+            on_rcpt(c);
+            return;
+        case Verb::data:
+            if (!c.arg.empty() || line.size() != 4) {
+                reply(Reply::syntax_params);
+                return;
+            }
+            on_data(now);
+            sync_check();
+            return;
+        case Verb::rset:
+            if (line.size() != 4) {
+                reply(Reply::syntax_params);
+                return;
+            }
+            reset_transaction();
+            reply(Reply::ok);
+            return;
+        case Verb::noop:
+            reply(Reply::ok);
+            sync_check();
+            return;
+        case Verb::quit:
+            reply(Reply::closing);
+            close("quit");
+            return;
+        case Verb::vrfy:
+            if (c.arg.empty()) {
+                reply(Reply::syntax_params);
+            } else {
+                // RFC 5321 §3.5.3: 252 neither confirms nor denies (no address harvesting).
+                reply(Reply::vrfy);
+            }
+            sync_check();
+            return;
+        case Verb::expn:
+            reply(Reply::not_implemented);
+            sync_check();
+            return;
+        case Verb::help:
+            reply(Reply::help);
+            return;
+        case Verb::starttls:
+        case Verb::auth:
+        case Verb::bdat:
+            // Not advertised on this listener (RFC 3207 §4, RFC 4954 §4, RFC 3030 §2).
+            reply(Reply::not_implemented);
+            return;
+        case Verb::unknown:
+            reply(Reply::command_unrecognized);
+            return;
+    }
+}
+
+void Session::on_ehlo(const Command& c, bool extended) {
+    std::string_view arg = c.arg;
+    if (c.has_8bit || !valid_helo(arg)) {
+        reply(Reply::syntax_helo, extended ? "EHLO" : "HELO");
+        return;
+    }
+    // RFC 5321 §4.1.4: EHLO/HELO resets any transaction in progress.
+    reset_transaction();
+    helo_ = std::string(arg);
+    esmtp_ = extended;
+    if (!extended) {
+        reply(Reply::helo, cfg_.server.hostname);
+        return;
+    }
+    std::vector<std::string> lines;
+    lines.push_back(cfg_.server.hostname);
+    lines.push_back("PIPELINING");                                         // RFC 2920
+    lines.push_back("SIZE " + std::to_string(cfg_.limits.message_size));   // RFC 1870
+    lines.push_back("8BITMIME");                                           // RFC 6152
+    lines.push_back("ENHANCEDSTATUSCODES");                                // RFC 2034
+    lines.push_back("SMTPUTF8");                                           // RFC 6531
+    append_multiline(out_, Reply::ehlo, lines);
+}
+
+void Session::on_mail(const Command& c) {
+    if (helo_.empty()) {
+        reply(Reply::need_helo);
+        return;
+    }
+    if (tx_.sender) {
+        reply(Reply::nested_mail);
+        return;
+    }
+    if (draining_) {
+        reply(Reply::shutting_down);
+        close("shutdown");
+        return;
+    }
+    if (!c.syntax_ok || c.arg.empty() || c.arg.front() != '<') {
+        reply(Reply::syntax_mail);
+        return;
+    }
+    auto parsed = policy::parse_path(c.arg, true, true);
+    std::vector<Param> params;
+    if (parsed.error == policy::PathError::none &&
+        !parse_params(c.arg.substr(parsed.consumed), params)) {
+        reply(Reply::syntax_params);
+        return;
+    }
+    switch (parsed.error) {
+        case policy::PathError::none: break;
+        case policy::PathError::needs_smtputf8: reply(Reply::needs_smtputf8); return;
+        case policy::PathError::syntax: reply(Reply::bad_sender); return;
+        default: reply(Reply::sender_too_long); return;
+    }
+    Transaction tx;
+    for (const auto& prm : params) {
+        if (prm.keyword == "SIZE" && prm.has_value && esmtp_) {
+            std::uint64_t n = 0;
+            auto [end, ec] = std::from_chars(prm.value.data(), prm.value.data() + prm.value.size(), n);
+            if (ec == std::errc::result_out_of_range) {
+                reply(Reply::size_exceeded);
+                return;
+            }
+            if (ec != std::errc() || end != prm.value.data() + prm.value.size()) {
+                reply(Reply::syntax_params);
+                return;
+            }
+            if (n > cfg_.limits.message_size) {
+                // RFC 1870 §6.2: a declared size over the fixed limit is a permanent 552.
+                reply(Reply::size_exceeded);
+                return;
+            }
+            tx.declared_size = n;
+        } else if (prm.keyword == "BODY" && prm.has_value && esmtp_) {
+            if (ascii_iequals(prm.value, "8BITMIME")) {
+                tx.body_8bit = true;
+            } else if (!ascii_iequals(prm.value, "7BIT")) {
+                reply(Reply::unsupported_body);
+                return;
+            }
+        } else if (prm.keyword == "SMTPUTF8" && !prm.has_value && esmtp_) {
+            tx.smtputf8 = true;
+        } else {
+            reply(Reply::unknown_parameter, prm.keyword);
+            return;
+        }
+    }
+    if ((c.has_8bit || parsed.address.utf8) && !tx.smtputf8) {
+        reply(Reply::needs_smtputf8);  // RFC 6531 §3.4
+        return;
+    }
+    auto d = policy::decide_mail(facts(), parsed.address, p_.snapshot->rules, *p_.maps);
+    if (d.verdict != policy::Verdict::accept) {
+        log_decision("mail", d, angle(parsed.address.str()), {});
+        reply_decision(d);
+        return;
+    }
+    tx.sender = std::move(parsed.address);
+    tx_ = std::move(tx);
+    reply(Reply::sender_ok);
+}
+
+void Session::on_rcpt(const Command& c) {
+    if (!tx_.sender) {
+        reply(helo_.empty() ? Reply::need_helo : Reply::need_mail);
+        return;
+    }
+    if (!c.syntax_ok || c.arg.empty() || c.arg.front() != '<') {
+        reply(Reply::syntax_rcpt);
+        return;
+    }
+    if (++tx_.rcpt_attempts > cfg_.limits.recipients * kMaxRcptAttemptsFactor) {
+        reply(Reply::too_many_errors);
+        close("too_many_recipients");
+        return;
+    }
+    if (tx_.recipients.size() >= cfg_.limits.recipients) {
+        // RFC 5321 §4.5.3.1.10: 452 so the client sends the rest in another transaction.
+        reply(Reply::too_many_recipients);
+        return;
+    }
+    auto parsed = policy::parse_path(c.arg, false, tx_.smtputf8);
+    switch (parsed.error) {
+        case policy::PathError::none: break;
+        case policy::PathError::needs_smtputf8: reply(Reply::needs_smtputf8); return;
+        case policy::PathError::syntax: reply(Reply::bad_recipient); return;
+        default: reply(Reply::recipient_too_long); return;
+    }
+    std::vector<Param> params;
+    if (!parse_params(c.arg.substr(parsed.consumed), params)) {
+        reply(Reply::syntax_params);
+        return;
+    }
+    if (!params.empty()) {
+        reply(Reply::unknown_parameter, params.front().keyword);
+        return;
+    }
+    const auto& rcpt = parsed.address;
+    auto d = policy::decide_rcpt(facts(), *tx_.sender, rcpt, p_.snapshot->rules, *p_.maps);
+    std::string from = angle(tx_.sender->str());
+    std::string to = angle(rcpt.str());
+    if (d.verdict == policy::Verdict::accept) {
+        std::string deliver_to = d.deliver_to.empty() ? rcpt.str() : d.deliver_to;
+        auto at = deliver_to.rfind('@');
+        std::string domain = at == std::string::npos ? std::string() : deliver_to.substr(at + 1);
+        if (rcpt.postmaster_only && domain.empty()) {
+            domain = cfg_.domains.local.empty() ? std::string() : cfg_.domains.local.front();
+        }
+        const Route* route = cfg_.route_for(domain);
+        if (route == nullptr || !p_.hooks->transport_available(route->transport)) {
+            // Accepting mail we cannot deliver would lose it: fail closed (T140).
+            policy::Decision t;
+            t.verdict = policy::Verdict::defer;
+            t.code = policy::Code::T140;
+            t.reply = Reply::lookup_failed;
+            t.rule = route ? "routes." + route->domain : "routes";
+            t.source = route ? route->where.str() : cfg_.path;
+            t.reason = route ? "transport " + route->transport.text + " not available"
+                             : "no route for domain " + domain;
+            log_decision("rcpt", t, from, to);
+            reply_decision(t);
+            return;
+        }
+        storage::Recipient r;
+        r.address = rcpt.str();
+        r.deliver_to = deliver_to;
+        r.code = std::string(policy::code_name(d.code));
+        r.transport = route->transport;
+        tx_.recipients.push_back(std::move(r));
+        ++recipients_;
+    }
+    log_decision("rcpt", d, from, to);
+    reply_decision(d);
+}
+
+void Session::on_data(Clock::time_point now) {
+    if (!tx_.sender) {
+        reply(helo_.empty() ? Reply::need_helo : Reply::need_mail);
+        return;
+    }
+    if (tx_.recipients.empty()) {
+        reply(Reply::no_valid_recipients);  // RFC 5321 §3.3
+        return;
+    }
+    data_.emplace(cfg_.limits.message_size);
+    body_.clear();
+    body_.reserve(std::min<std::uint64_t>(tx_.declared_size ? tx_.declared_size + 512 : 4096,
+                                          cfg_.limits.message_size + 2));
+    data_started_ = now;
+    state_ = State::data;
+    reply(Reply::start_data);
+}
+
+std::string Session::received_header() const {
+    // RFC 5321 §4.4 time stamp line; protocol names of RFC 3848 and RFC 6531 §3.7.3.
+    std::string proto = tx_.smtputf8 ? "UTF8SMTP" : esmtp_ ? "ESMTP" : "SMTP";
+    std::string ip = format_ip(p_.client);
+    std::string h = "Received: from " + helo_ + " (" + (p_.client.v4 ? "[" + ip + "]" : "[IPv6:" + ip + "]") +
+                    ")\r\n\tby " + cfg_.server.hostname + " (Sluice) with " + proto + " id " +
+                    "%ID%";
+    if (tx_.recipients.size() == 1) {
+        h += "\r\n\tfor <" + tx_.recipients.front().address + ">";
+    }
+    h += "; " + rfc5322_date() + "\r\n";
+    return h;
+}
+
+void Session::end_of_data(Clock::time_point now) {
+    auto done = [&](Reply r, std::string_view why) {
+        p_.metrics->messages[static_cast<int>(MsgResult::rejected)].add();
+        LogLine(Level::info, "reject", p_.shard, p_.id)
+            .kv("client", format_ip(p_.client))
+            .kv("from", angle(tx_.sender->str()))
+            .kv("size", data_->size())
+            .kv("reason", why)
+            .kv("reply", reply_line(r));
+        reply(r);
+        reset_transaction();
+    };
+    if (data_->oversized()) {
+        return done(Reply::size_exceeded, "size");
+    }
+    if (data_->has_nul()) {
+        return done(Reply::nul_in_message, "nul");
+    }
+    if (data_->long_line()) {
+        return done(Reply::line_too_long, "line_length");
+    }
+    if (count_hops(body_) >= cfg_.limits.max_hops) {
+        return done(Reply::too_many_hops, "hops");
+    }
+    auto msg = std::make_unique<storage::Message>();
+    msg->id = new_message_id(p_.shard);
+    pending_id_ = msg->id;
+    std::string header = received_header();
+    header.replace(header.find("%ID%"), 4, msg->id);
+    msg->data.reserve(header.size() + body_.size());
+    msg->data = std::move(header);
+    msg->data += body_;
+    body_.clear();
+    body_.shrink_to_fit();
+    msg->sender = tx_.sender->str();
+    msg->recipients = std::move(tx_.recipients);
+    msg->client = format_ip(p_.client);
+    msg->helo = helo_;
+    msg->listener = p_.listener->name;
+    msg->received_at = std::chrono::system_clock::now();
+    data_.reset();
+    state_ = State::committing;
+    (void)now;
+    p_.hooks->commit(std::move(msg));
+}
+
+void Session::commit_done(storage::CommitStatus status, Clock::time_point now) {
+    if (state_ != State::committing) {
+        return;
+    }
+    state_ = State::command;
+    last_input_ = now;
+    if (status == storage::CommitStatus::ok) {
+        ++messages_;
+        p_.metrics->messages[static_cast<int>(MsgResult::accepted)].add();
+        // The id was logged by the storage side with event=queued.
+        reply(Reply::queued, pending_id_);
+    } else {
+        p_.metrics->messages[static_cast<int>(MsgResult::failed)].add();
+        reply(status == storage::CommitStatus::no_space ? Reply::insufficient_storage
+                                                        : Reply::local_error);
+    }
+    reset_transaction();
+    if (draining_) {
+        reply(Reply::shutting_down);
+        close("shutdown");
+        return;
+    }
+    if (!in_.empty()) {
+        std::string_view view = in_;
+        process(view, now);
+        in_.erase(0, in_.size() - view.size());
+    }
+}
+
+void Session::tick(Clock::time_point now) {
+    using std::chrono::duration_cast;
+    switch (state_) {
+        case State::greeting_delay:
+            if (now - started_ >= p_.greeting_delay) {
+                state_ = State::command;
+                reply(Reply::greeting, cfg_.server.hostname);
+            }
+            return;
+        case State::command:
+            if (now - last_input_ >= cfg_.limits.command_timeout ||
+                (line_started_ && now - *line_started_ >= cfg_.limits.command_deadline)) {
+                reply(Reply::timeout);
+                close("timeout");
+            }
+            return;
+        case State::data: {
+            auto elapsed = now - data_started_;
+            auto secs = duration_cast<std::chrono::milliseconds>(elapsed).count() / 1000.0;
+            // RFC 5321 §4.5.3.2.5/6: 3 minutes between blocks, 10 minutes overall; plus a
+            // minimum average rate so a byte-a-second client cannot hold a slot for long.
+            bool slow = secs >= 30 && cfg_.limits.min_data_rate > 0 &&
+                        static_cast<double>(data_->size()) / secs <
+                            static_cast<double>(cfg_.limits.min_data_rate);
+            if (elapsed >= cfg_.limits.data_timeout || now - last_input_ >= cfg_.limits.command_timeout ||
+                slow) {
+                reply(Reply::timeout);
+                close(slow ? "data_rate" : "data_timeout");
+            }
+            return;
+        }
+        case State::committing:
+        case State::closed:
+            return;
+    }
+}
+
+void Session::shutdown() {
+    draining_ = true;
+    if (state_ == State::command || state_ == State::greeting_delay) {
+        reply(Reply::shutting_down);
+        close("shutdown");
+    }
+}
+
+void Session::peer_closed(std::string_view why) {
+    if (state_ != State::closed) {
+        close(why);
+    }
+}
+
+void Session::reset_transaction() {
+    tx_ = Transaction{};
+    data_.reset();
+    body_.clear();
+}
+
+void Session::reply(Reply r, std::string_view arg, std::string_view text) {
+    append_reply(out_, r, arg, text);
+    const auto& spec = reply_spec(r);
+    if (spec.code >= 400 && !spec.closes && r != Reply::too_many_recipients) {
+        if (++errors_ >= cfg_.limits.max_errors) {
+            append_reply(out_, Reply::too_many_errors);
+            close("too_many_errors");
+        }
+    }
+}
+
+void Session::reply_decision(const policy::Decision& d) {
+    reply(d.reply, {}, d.reply_text);
+}
+
+void Session::log_decision(std::string_view event, const policy::Decision& d, std::string_view from,
+                           std::string_view to) {
+    auto code = static_cast<std::size_t>(d.code);
+    if (code < kDecisionCodes) {
+        p_.metrics->decisions[code].add();
+    }
+    LogLine line(Level::info, event, p_.shard, p_.id);
+    line.kv("code", policy::code_name(d.code)).kv("client", format_ip(p_.client));
+    if (!helo_.empty()) {
+        line.kv("helo", helo_);
+    }
+    if (!from.empty()) {
+        line.kv("from", from);
+    }
+    if (!to.empty()) {
+        line.kv("to", to);
+    }
+    line.kv("listener", p_.listener->name).kv("gen", p_.snapshot->generation);
+    if (!d.rule.empty()) {
+        line.kv("rule", d.rule);
+    }
+    if (!d.source.empty()) {
+        line.kv("source", d.source);
+    }
+    line.kv("reply", reply_line(d.reply, {}, d.reply_text));
+}
+
+void Session::close(std::string_view why) {
+    if (state_ == State::closed) {
+        return;
+    }
+    state_ = State::closed;
+    close_reason_ = std::string(why);
+    in_.clear();
+    auto secs = std::chrono::duration<double>(Clock::now() - started_).count();
+    p_.metrics->observe_duration(secs);
+    LogLine(Level::info, "session", p_.shard, p_.id)
+        .kv("client", format_ip(p_.client))
+        .kv("listener", p_.listener->name)
+        .kv("helo", helo_)
+        .kv("msgs", messages_)
+        .kv("rcpts", recipients_)
+        .kv("bytes", bytes_in_)
+        .kv("errors", errors_)
+        .kv("duration_ms", static_cast<std::uint64_t>(secs * 1000))
+        .kv("result", close_reason_);
+}
+
+}  // namespace sluice::smtp

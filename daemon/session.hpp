@@ -1,0 +1,156 @@
+#pragma once
+// The inbound SMTP session: one state machine (RFC 5321, RFC 2920 PIPELINING, RFC 1870
+// SIZE, RFC 6152 8BITMIME, RFC 2034 ENHANCEDSTATUSCODES, RFC 6531 SMTPUTF8) that never
+// touches a socket. The connection layer feeds it bytes and ticks and writes out what it
+// produces; storage is reached through `SessionHooks`.
+//
+// Trust: every byte from the peer is hostile. Promise: input buffering is bounded, every
+// malformed command gets its reply code from common/reply.hpp, a message is answered 250
+// only after storage reported it durable, and the envelope stored is exactly the one the
+// policy decided on.
+//
+// States (each asynchronous step is a named waiting state):
+//   greeting_delay --timer--> command          (input here: early talker, 554 + close)
+//   command --DATA--> data --"."--> committing --commit_done--> command
+//   any --QUIT/fatal error/timeout/shutdown--> closed
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/config.hpp"
+#include "common/reply.hpp"
+#include "daemon/data_reader.hpp"
+#include "daemon/metrics.hpp"
+#include "daemon/smtp_parser.hpp"
+#include "policy/address.hpp"
+#include "policy/maps.hpp"
+#include "policy/policy.hpp"
+#include "storage/message.hpp"
+
+namespace sluice {
+
+// An immutable configuration generation: sessions keep the one they started with.
+struct Snapshot {
+    std::shared_ptr<const Config> config;
+    policy::Rules rules;
+    std::uint64_t generation = 0;
+};
+
+namespace smtp {
+
+using Clock = std::chrono::steady_clock;
+
+class SessionHooks {
+public:
+    virtual ~SessionHooks() = default;
+    // Hands a complete message to storage. The session stays in `committing` until the
+    // owner calls Session::commit_done with the outcome.
+    virtual void commit(std::unique_ptr<storage::Message> msg) = 0;
+    // Whether this build can deliver through `t` (checked at RCPT, so mail is never
+    // accepted for a transport that cannot take it).
+    virtual bool transport_available(const Transport& t) const = 0;
+};
+
+struct SessionParams {
+    std::shared_ptr<const Snapshot> snapshot;
+    const ListenerConfig* listener = nullptr;  // points into snapshot->config
+    std::size_t listener_index = 0;
+    const policy::Maps* maps = nullptr;
+    SessionHooks* hooks = nullptr;
+    ShardMetrics* metrics = nullptr;
+    IpAddr client;
+    std::uint16_t client_port = 0;
+    int shard = 0;
+    std::string id;              // session id for logs
+    Millis greeting_delay{0};    // hold the greeting; input before it is an early talker
+};
+
+class Session {
+public:
+    enum class State : std::uint8_t { greeting_delay, command, data, committing, closed };
+
+    explicit Session(SessionParams p);
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+    ~Session();
+
+    // The connection opened: greeting (or the C130 refusal, or the greeting delay).
+    void start(Clock::time_point now);
+    // Bytes from the peer, in order. Replies accumulate in output().
+    void receive(std::string_view bytes, Clock::time_point now);
+    // Storage finished the commit requested through SessionHooks::commit.
+    void commit_done(storage::CommitStatus status, Clock::time_point now);
+    // Called about once a second: greeting delay, timeouts, minimum data rate.
+    void tick(Clock::time_point now);
+    // Graceful shutdown: idle sessions get 421 now; a transaction in DATA or committing
+    // finishes first, then gets 421.
+    void shutdown();
+    // The peer closed or the socket failed.
+    void peer_closed(std::string_view why);
+
+    std::string& output() { return out_; }
+    bool closed() const { return state_ == State::closed; }
+    // False while too much unprocessed input is buffered (the owner stops reading).
+    bool wants_input() const;
+    State state() const { return state_; }
+    const std::string& id() const { return p_.id; }
+
+private:
+    struct Transaction {
+        std::optional<policy::Address> sender;
+        std::vector<storage::Recipient> recipients;
+        std::uint64_t declared_size = 0;
+        bool body_8bit = false;
+        bool smtputf8 = false;
+        std::uint32_t rcpt_attempts = 0;
+    };
+
+    void process(std::string_view& input, Clock::time_point now);
+    void handle_line(std::string_view line, bool more_input, Clock::time_point now);
+    void on_ehlo(const smtp::Command& c, bool extended);
+    void on_mail(const smtp::Command& c);
+    void on_rcpt(const smtp::Command& c);
+    void on_data(Clock::time_point now);
+    void end_of_data(Clock::time_point now);
+    std::string received_header() const;
+    void reset_transaction();
+    void reply(Reply r, std::string_view arg = {}, std::string_view text = {});
+    void reply_decision(const policy::Decision& d);
+    void close(std::string_view why);
+    policy::Facts facts() const;
+    void log_decision(std::string_view event, const policy::Decision& d, std::string_view from,
+                      std::string_view to);
+
+    SessionParams p_;
+    const Config& cfg_;
+    State state_ = State::greeting_delay;
+    std::string out_;
+    std::string in_;  // unprocessed input (bounded: see wants_input)
+    smtp::LineScanner scanner_;
+    std::optional<smtp::DataReader> data_;
+    std::string body_;
+    Transaction tx_;
+    std::string helo_;
+    bool esmtp_ = false;
+    bool draining_ = false;
+    std::uint32_t errors_ = 0;
+    std::string close_reason_;
+    std::string pending_id_;  // queue id of the message being committed
+    // Counters for the summary line.
+    std::uint32_t messages_ = 0;
+    std::uint32_t recipients_ = 0;
+    std::uint64_t bytes_in_ = 0;
+    // Timing.
+    Clock::time_point started_;
+    Clock::time_point last_input_;
+    std::optional<Clock::time_point> line_started_;  // a partial command line is pending
+    Clock::time_point data_started_;
+};
+
+}  // namespace smtp
+}  // namespace sluice

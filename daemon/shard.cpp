@@ -1,0 +1,180 @@
+#include "daemon/shard.hpp"
+
+#include <pthread.h>
+
+#include "common/log.hpp"
+#include "daemon/connection.hpp"
+
+namespace sluice {
+namespace {
+
+// Session timers (greeting delay, timeouts, data rate) are checked this often.
+constexpr std::uint64_t kTickMs = 250;
+// Maps are checked for a newly published generation this often.
+constexpr std::uint64_t kMapRefreshTicks = 1;
+// One read buffer per loop, reused by every connection (STACK.md: no 64 KiB per idle peer).
+constexpr std::size_t kReadBuffer = 64 * 1024;
+
+}  // namespace
+
+Shard::Shard(ShardOptions o)
+    : index_(o.index),
+      snapshot_(std::move(o.snapshot)),
+      listener_fds_(std::move(o.listener_fds)),
+      limiter_(o.limiter),
+      maps_(std::move(o.maps)),
+      read_buffer_(kReadBuffer) {}
+
+Shard::~Shard() { join(); }
+
+void Shard::start() {
+    thread_ = std::thread([this] { run(); });
+}
+
+void Shard::join() {
+    if (thread_.joinable()) {
+        thread_.join();
+    }
+}
+
+void Shard::post(std::function<void(Shard&)> fn) {
+    std::lock_guard lock(mu_);
+    if (finished_) {
+        return;  // the loop is ending; nothing will run there again
+    }
+    inbox_.push_back(std::move(fn));
+    uv_async_send(&async_);  // coalesces; on_async drains the whole inbox
+}
+
+void Shard::run() {
+    std::string name = "sluice-shard" + std::to_string(index_);
+    pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+
+    uv_loop_init(&loop_);
+    loop_.data = this;
+    async_.data = this;
+    tick_.data = this;
+    grace_.data = this;
+    uv_async_init(&loop_, &async_, on_async);
+    uv_timer_init(&loop_, &tick_);
+    uv_timer_init(&loop_, &grace_);
+    uv_timer_start(&tick_, on_tick, kTickMs, kTickMs);
+
+    for (std::size_t i = 0; i < listener_fds_.size(); ++i) {
+        auto l = std::make_unique<Listener>();
+        l->shard = this;
+        l->index = i;
+        uv_tcp_init(&loop_, &l->handle);
+        l->handle.data = l.get();
+        int rc = uv_tcp_open(&l->handle, listener_fds_[i]);
+        if (rc == 0) {
+            rc = uv_listen(reinterpret_cast<uv_stream_t*>(&l->handle), 1024, on_connection);
+        }
+        if (rc != 0) {
+            LogLine(Level::error, "listen_failed", index_).kv("error", uv_strerror(rc));
+        }
+        listeners_.push_back(std::move(l));
+    }
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    // Every handle is closed by now; uv_loop_close verifies it.
+    int rc = uv_loop_close(&loop_);
+    if (rc != 0) {
+        LogLine(Level::error, "loop_close", index_).kv("error", uv_strerror(rc));
+    }
+}
+
+void Shard::on_async(uv_async_t* a) {
+    auto* self = static_cast<Shard*>(a->data);
+    std::deque<std::function<void(Shard&)>> work;
+    {
+        std::lock_guard lock(self->mu_);
+        work.swap(self->inbox_);
+    }
+    for (auto& fn : work) {
+        fn(*self);
+    }
+}
+
+void Shard::on_tick(uv_timer_t* t) {
+    auto* self = static_cast<Shard*>(t->data);
+    auto now = smtp::Clock::now();
+    // Ticking may close connections (and remove them from the list): iterate a copy.
+    auto conns = self->connections_;
+    for (auto* c : conns) {
+        c->tick(now);
+    }
+    static_assert(kMapRefreshTicks >= 1);
+    self->maps_->refresh();
+}
+
+void Shard::on_connection(uv_stream_t* server, int status) {
+    auto* l = static_cast<Listener*>(server->data);
+    if (status < 0) {
+        LogLine(Level::warn, "accept_failed", l->shard->index_).kv("error", uv_strerror(status));
+        return;
+    }
+    Connection::accept(*l->shard, server, l->index);
+}
+
+void Shard::add(Connection* c) {
+    c->slot = connections_.size();
+    connections_.push_back(c);
+}
+
+void Shard::remove(Connection* c) {
+    std::size_t i = c->slot;
+    if (i < connections_.size() && connections_[i] == c) {
+        connections_[i] = connections_.back();
+        connections_[i]->slot = i;
+        connections_.pop_back();
+    }
+    maybe_finish();
+}
+
+void Shard::work_finished() {
+    --work_in_flight_;
+    maybe_finish();
+}
+
+void Shard::drain(Millis grace) {
+    if (draining_) {
+        return;
+    }
+    draining_ = true;
+    // Closing the listeners first: the kernel hands new connections to no one of ours.
+    for (auto& l : listeners_) {
+        uv_close(reinterpret_cast<uv_handle_t*>(&l->handle), nullptr);
+    }
+    auto conns = connections_;
+    for (auto* c : conns) {
+        c->shutdown();
+    }
+    uv_timer_start(
+        &grace_,
+        [](uv_timer_t* t) {
+            auto* self = static_cast<Shard*>(t->data);
+            LogLine(Level::warn, "drain_timeout", self->index_)
+                .kv("sessions", static_cast<std::uint64_t>(self->connections_.size()));
+            auto left = self->connections_;
+            for (auto* c : left) {
+                c->force_close();
+            }
+        },
+        static_cast<std::uint64_t>(grace.count()), 0);
+    maybe_finish();
+}
+
+void Shard::maybe_finish() {
+    if (!draining_ || finished_ || !connections_.empty() || work_in_flight_ != 0) {
+        return;
+    }
+    {
+        std::lock_guard lock(mu_);
+        finished_ = true;
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&grace_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+}
+
+}  // namespace sluice

@@ -1,0 +1,108 @@
+#pragma once
+// A shard: one thread, one libuv loop, its own listener sockets (SO_REUSEPORT, made by the
+// server and handed over), its own connections, maps reader and counters. Nothing here is
+// shared with other shards except the connection limiter; the server talks to a shard
+// only through post(), which is safe from any thread.
+//
+// Trust: runs peer-facing code; a failure in one session closes that session only.
+
+#include <uv.h>
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon/limiter.hpp"
+#include "daemon/metrics.hpp"
+#include "daemon/session.hpp"
+#include "policy/maps.hpp"
+
+namespace sluice {
+
+class Connection;
+
+// The maps a shard reads, plus the periodic check for a newly published generation.
+class ShardMaps : public policy::Maps {
+public:
+    virtual void refresh() = 0;
+};
+
+struct ShardOptions {
+    int index = 0;
+    std::shared_ptr<const Snapshot> snapshot;
+    std::vector<int> listener_fds;  // one per snapshot->config->listeners entry, same order
+    ConnectionLimiter* limiter = nullptr;
+    std::unique_ptr<ShardMaps> maps;
+};
+
+class Shard {
+public:
+    explicit Shard(ShardOptions opts);
+    Shard(const Shard&) = delete;
+    Shard& operator=(const Shard&) = delete;
+    ~Shard();
+
+    void start();  // spawns the thread
+    void join();
+
+    // Thread-safe: runs `fn` on the shard's loop thread at the next safe point.
+    void post(std::function<void(Shard&)> fn);
+
+    // Loop-thread only.
+    void set_snapshot(std::shared_ptr<const Snapshot> s) { snapshot_ = std::move(s); }
+    void drain(Millis grace);  // stop accepting, 421 idle sessions, finish DATA in flight
+    const std::shared_ptr<const Snapshot>& snapshot() const { return snapshot_; }
+    uv_loop_t* loop() { return &loop_; }
+    int index() const { return index_; }
+    ShardMetrics& metrics() { return metrics_; }
+    ShardMaps& maps() { return *maps_; }
+    ConnectionLimiter& limiter() { return *limiter_; }
+    char* read_buffer() { return read_buffer_.data(); }
+    std::size_t read_buffer_size() const { return read_buffer_.size(); }
+
+    void add(Connection* c);
+    void remove(Connection* c);
+    // Work in flight on the thread pool that refers to this shard (keeps the loop alive).
+    void work_started() { ++work_in_flight_; }
+    void work_finished();
+
+private:
+    struct Listener {
+        uv_tcp_t handle;
+        Shard* shard;
+        std::size_t index;
+    };
+
+    void run();
+    static void on_async(uv_async_t* a);
+    static void on_tick(uv_timer_t* t);
+    static void on_connection(uv_stream_t* server, int status);
+    void maybe_finish();
+
+    int index_;
+    std::shared_ptr<const Snapshot> snapshot_;
+    std::vector<int> listener_fds_;
+    ConnectionLimiter* limiter_;
+    std::unique_ptr<ShardMaps> maps_;
+
+    uv_loop_t loop_{};
+    uv_async_t async_{};
+    uv_timer_t tick_{};
+    uv_timer_t grace_{};
+    std::vector<std::unique_ptr<Listener>> listeners_;
+    std::vector<Connection*> connections_;  // unordered; index kept in each Connection
+    std::vector<char> read_buffer_;         // one per loop: reads are consumed synchronously
+    ShardMetrics metrics_;
+    std::thread thread_;
+    std::mutex mu_;
+    std::deque<std::function<void(Shard&)>> inbox_;
+    bool draining_ = false;
+    bool finished_ = false;  // async handle closed: post() must drop work (guarded by mu_)
+    std::size_t work_in_flight_ = 0;
+};
+
+}  // namespace sluice
