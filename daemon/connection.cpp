@@ -12,6 +12,9 @@
 namespace sluice {
 namespace {
 
+// Replies waiting for a slow reader beyond which we stop reading its commands.
+constexpr std::size_t kMaxPendingOutput = 256 * 1024;
+
 std::string new_session_id() {
     thread_local std::mt19937_64 rng{std::random_device{}()};
     static constexpr char hex[] = "0123456789abcdef";
@@ -184,11 +187,24 @@ void Connection::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
         return;
     }
     c->session_->receive(std::string_view(buf->base, static_cast<std::size_t>(n)), smtp::Clock::now());
-    if (!c->session_->wants_input() && c->reading_) {
-        uv_read_stop(s);
-        c->reading_ = false;
-    }
     c->flush();
+    c->update_reading();
+}
+
+void Connection::update_reading() {
+    if (closing_) {
+        return;
+    }
+    // Back-pressure both ways: a client that pipelines without reading our replies, or
+    // outruns a commit in flight, is simply not read from until it catches up.
+    bool want = session_->wants_input() &&
+                writing_.size() + session_->output().size() < kMaxPendingOutput;
+    if (want && !reading_) {
+        reading_ = uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), on_alloc, on_read) == 0;
+    } else if (!want && reading_) {
+        uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+        reading_ = false;
+    }
 }
 
 void Connection::flush() {
@@ -234,6 +250,7 @@ void Connection::on_write(uv_write_t* req, int status) {
         return;
     }
     c->flush();
+    c->update_reading();
 }
 
 void Connection::close_handle() {
@@ -291,10 +308,8 @@ void Connection::commit_finished(storage::CommitStatus status) {
         return;
     }
     session_->commit_done(status, smtp::Clock::now());
-    if (!reading_ && session_->wants_input()) {
-        reading_ = uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), on_alloc, on_read) == 0;
-    }
     flush();
+    update_reading();
 }
 
 bool Connection::transport_available(const Transport& t) const {

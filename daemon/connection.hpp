@@ -42,6 +42,7 @@ private:
     static void on_close(uv_handle_t* h);
 
     void flush();
+    void update_reading();
     void close_handle();
     void release();  // drops one reference; deletes at zero
     void commit_finished(storage::CommitStatus status);

@@ -37,7 +37,6 @@ public:
     bool oversized() const { return size_ > max_size_; }
     bool has_nul() const { return has_nul_; }
     bool long_line() const { return long_line_; }          // a line over 1000 octets
-    bool has_8bit() const { return has_8bit_; }
 
 private:
     enum class State : std::uint8_t { line_start, dot, dot_cr, in_line, cr };
@@ -50,7 +49,6 @@ private:
     std::size_t line_len_ = 0;
     bool has_nul_ = false;
     bool long_line_ = false;
-    bool has_8bit_ = false;
 };
 
 }  // namespace sluice::smtp

@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
     auto loaded = load_config(config_path);
     auto diagnostics = loaded.diagnostics;
     if (loaded.ok()) {
-        auto more = check_maps(*loaded.config);
+        auto more = check_maps(*loaded.config, diagnostics);
         diagnostics.insert(diagnostics.end(), more.begin(), more.end());
     }
     bool errors = !loaded.ok();
@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
     }
     ServerOptions opts;
     opts.config_path = config_path;
-    opts.make_maps = [](const Config& c) { return make_shard_maps(c); };
+    opts.make_maps = [](const Config& c, int shard) { return make_shard_maps(c, shard); };
     Server server(std::move(opts));
     return server.run(loaded.config);
 }

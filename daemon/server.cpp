@@ -94,7 +94,7 @@ int Server::run(std::shared_ptr<const Config> config) {
         o.listener_fds = fds_[s];
         fds_[s].clear();  // owned by the shard's handles from now on
         o.limiter = &limiter_;
-        o.maps = opts_.make_maps(*config);
+        o.maps = opts_.make_maps(*config, static_cast<int>(s));
         shards_.push_back(std::make_unique<Shard>(std::move(o)));
     }
     uv_loop_init(&loop_);

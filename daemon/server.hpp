@@ -21,7 +21,7 @@ namespace sluice {
 struct ServerOptions {
     std::string config_path;
     // Makes the per-shard maps reader (storage) for a config.
-    std::function<std::unique_ptr<ShardMaps>(const Config&)> make_maps;
+    std::function<std::unique_ptr<ShardMaps>(const Config&, int shard)> make_maps;
 };
 
 class Server {

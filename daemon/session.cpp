@@ -239,7 +239,8 @@ void Session::handle_line(std::string_view line, bool more_input, Clock::time_po
         }
         return true;
     };
-    if (!esmtp_ && more_input && c.verb != Verb::quit) {
+    if (!esmtp_ && more_input && c.verb != Verb::quit && c.verb != Verb::ehlo &&
+        c.verb != Verb::helo) {
         reply(Reply::pipelining_not_advertised);
         close("pipelining_violation");
         return;
@@ -529,6 +530,7 @@ void Session::end_of_data(Clock::time_point now) {
             .kv("size", data_->size())
             .kv("reason", why)
             .kv("reply", reply_line(r));
+        state_ = State::command;
         reply(r);
         reset_transaction();
     };
@@ -616,7 +618,8 @@ void Session::tick(Clock::time_point now) {
             auto secs = duration_cast<std::chrono::milliseconds>(elapsed).count() / 1000.0;
             // RFC 5321 §4.5.3.2.5/6: 3 minutes between blocks, 10 minutes overall; plus a
             // minimum average rate so a byte-a-second client cannot hold a slot for long.
-            bool slow = secs >= 30 && cfg_.limits.min_data_rate > 0 &&
+            // The rate is judged once DATA has lasted a whole command deadline.
+            bool slow = elapsed >= cfg_.limits.command_deadline && cfg_.limits.min_data_rate > 0 &&
                         static_cast<double>(data_->size()) / secs <
                             static_cast<double>(cfg_.limits.min_data_rate);
             if (elapsed >= cfg_.limits.data_timeout || now - last_input_ >= cfg_.limits.command_timeout ||

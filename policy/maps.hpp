@@ -44,6 +44,14 @@ public:
     // Longest-prefix match in a CIDR map (privileged_networks, connection_filter) or in
     // the client-address entries of `access`.
     virtual Lookup find_cidr(MapId map, const IpAddr& ip) const = 0;
+    // Whether `map` holds any entry: found, missing (empty or absent), or unavailable.
+    // The policy uses it on local_addresses to tell "no address list" (every address at
+    // a local domain is known) from "not on the list" (L103). The default, `found`, is
+    // the strict reading for an implementation that cannot tell.
+    virtual Lookup::Status has_entries(MapId map) const {
+        (void)map;
+        return Lookup::Status::found;
+    }
 };
 
 }  // namespace sluice::policy

@@ -31,6 +31,14 @@ namespace {
 // clang-format off
 const Command commands[] = {
     // One row per command; each defined in its own tools/cmd_*.cpp.
+    {"map", "map build NAME SOURCE | map add NAME KEY [VALUE] | map del NAME KEY | map get NAME KEY | map list NAME",
+     "build, edit and query the LMDB maps (published atomically)", cmd_map},
+    {"check", "check [--json]", "lint config and maps for open-relay risks", cmd_check},
+    {"relay-test", "relay-test HOST[:PORT] [--local-domain D] [--outside ADDR] [--json]",
+     "probe a server with the open-relay battery; exit 1 if a relay was accepted",
+     cmd_relay_test},
+    {"log-report", "log-report [--since T] [--until T] [--code C] [--json] [FILE...]",
+     "summarise the decision log: codes, denied attempts, weak grants", cmd_log_report},
 };
 // clang-format on
 

@@ -1,0 +1,51 @@
+#include "storage/map_check.hpp"
+
+#include <set>
+
+#include "policy/lint.hpp"
+#include "storage/maps.hpp"
+
+namespace sluice::storage {
+
+std::vector<Diagnostic> check_maps(const Config& cfg, const std::vector<Diagnostic>& already) {
+    std::vector<Diagnostic> diags;
+    policy::LintMaps lint_maps;
+    for (std::size_t i = 0; i < static_cast<std::size_t>(MapId::count_); ++i) {
+        auto id = static_cast<MapId>(i);
+        auto contents = read_map(cfg.maps.dir, id);
+        std::string path = map_path(cfg.maps.dir, id);
+        if (!contents.ok()) {
+            diags.push_back({Diagnostic::Severity::error, {path, 0, 0},
+                             "map " + std::string(map_file_name(id)) +
+                                 " is unreadable (the daemon answers T140): " +
+                                 contents.error().message});
+            continue;
+        }
+        std::vector<policy::LintEntry>* into = nullptr;
+        if (id == MapId::privileged_networks) {
+            into = &lint_maps.privileged_networks;
+            lint_maps.privileged_networks_path = path;
+        } else if (id == MapId::connection_filter) {
+            into = &lint_maps.connection_filter;
+            lint_maps.connection_filter_path = path;
+        }
+        if (into != nullptr) {
+            for (const auto& e : contents->entries) {
+                into->push_back({e.key, e.value, e.source});
+            }
+        }
+    }
+    // The loader already warns about some of what lint re-derives: report each line once.
+    std::set<std::string> seen;
+    for (const auto& d : already) {
+        seen.insert(d.str());
+    }
+    for (auto& d : policy::lint(cfg, lint_maps)) {
+        if (seen.insert(d.str()).second) {
+            diags.push_back(std::move(d));
+        }
+    }
+    return diags;
+}
+
+}  // namespace sluice::storage
