@@ -8,29 +8,11 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/fd.hpp"
+
 namespace sluice::storage {
 namespace {
 
-class Fd {
-public:
-    explicit Fd(int fd) : fd_(fd) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-        }
-    }
-    int get() const { return fd_; }
-    int release() {
-        int f = fd_;
-        fd_ = -1;
-        return f;
-    }
-
-private:
-    int fd_;
-};
 
 CommitStatus status_of(int err) {
     return (err == ENOSPC || err == EDQUOT) ? CommitStatus::no_space : CommitStatus::io_error;

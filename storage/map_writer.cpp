@@ -16,6 +16,7 @@
 #include <system_error>
 #include <unordered_map>
 
+#include "common/fd.hpp"
 #include "storage/map_format.hpp"
 #include "storage/maps.hpp"
 
@@ -30,22 +31,6 @@ constexpr std::size_t kMiB = std::size_t{1} << 20;
 // Map space doubles on MDB_MAP_FULL up to this (the estimate is generous, so a retry is rare).
 constexpr std::size_t kMaxMapSize = std::size_t{64} << 30;
 
-// A file descriptor closed on scope exit.
-class Fd {
-  public:
-    explicit Fd(int fd) : fd_(fd) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-        }
-    }
-    int get() const { return fd_; }
-
-  private:
-    int fd_;
-};
 
 Error fsync_path(const std::string& path, bool directory) {
     Fd fd(::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC));
