@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
     auto loaded = load_config(config_path);
     auto diagnostics = loaded.diagnostics;
     if (loaded.ok()) {
-        auto more = check_maps(*loaded.config, diagnostics);
+        auto more = check_maps(*loaded.config, diagnostics, !check);
         diagnostics.insert(diagnostics.end(), more.begin(), more.end());
     }
     bool errors = !loaded.ok();

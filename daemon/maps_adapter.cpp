@@ -32,8 +32,10 @@ std::unique_ptr<ShardMaps> make_shard_maps(const Config& config, int shard) {
     return std::make_unique<LmdbShardMaps>(config.maps.dir, shard);
 }
 
-std::vector<Diagnostic> check_maps(const Config& config, const std::vector<Diagnostic>& already) {
-    return storage::check_maps(config, already);
+std::vector<Diagnostic> check_maps(const Config& config, const std::vector<Diagnostic>& already,
+                                   bool starting) {
+    return storage::check_maps(config, already,
+                               starting ? storage::UnreadableMap::warning : storage::UnreadableMap::error);
 }
 
 }  // namespace sluice

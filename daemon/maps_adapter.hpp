@@ -14,6 +14,7 @@ std::unique_ptr<ShardMaps> make_shard_maps(const Config& config, int shard);
 
 // Validates every map file under maps.dir and lints config + maps for open-relay risks
 // (the checks of `sluiced --check` and `sluicectl check`).
-std::vector<Diagnostic> check_maps(const Config& config, const std::vector<Diagnostic>& already);
+std::vector<Diagnostic> check_maps(const Config& config, const std::vector<Diagnostic>& already,
+                                   bool starting);
 
 }  // namespace sluice

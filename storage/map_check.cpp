@@ -7,7 +7,8 @@
 
 namespace sluice::storage {
 
-std::vector<Diagnostic> check_maps(const Config& cfg, const std::vector<Diagnostic>& already) {
+std::vector<Diagnostic> check_maps(const Config& cfg, const std::vector<Diagnostic>& already,
+                                   UnreadableMap unreadable) {
     std::vector<Diagnostic> diags;
     policy::LintMaps lint_maps;
     for (std::size_t i = 0; i < static_cast<std::size_t>(MapId::count_); ++i) {
@@ -15,7 +16,9 @@ std::vector<Diagnostic> check_maps(const Config& cfg, const std::vector<Diagnost
         auto contents = read_map(cfg.maps.dir, id);
         std::string path = map_path(cfg.maps.dir, id);
         if (!contents.ok()) {
-            diags.push_back({Diagnostic::Severity::error, {path, 0, 0},
+            diags.push_back({unreadable == UnreadableMap::error ? Diagnostic::Severity::error
+                                                                : Diagnostic::Severity::warning,
+                             {path, 0, 0},
                              "map " + std::string(map_file_name(id)) +
                                  " is unreadable (the daemon answers T140): " +
                                  contents.error().message});

@@ -10,9 +10,14 @@
 
 namespace sluice::storage {
 
+enum class UnreadableMap { error, warning };
+
 // Diagnostics about the maps and the lint, without the config loader's own (the caller
-// has those); duplicates of `already` are left out.
+// has those); duplicates of `already` are left out. An unreadable map is an error for
+// `--check` and `sluicectl check`, but only a warning when the daemon starts: it then
+// answers T140 for lookups that need that map (fail closed) instead of not serving at all.
 std::vector<Diagnostic> check_maps(const Config& config,
-                                   const std::vector<Diagnostic>& already = {});
+                                   const std::vector<Diagnostic>& already = {},
+                                   UnreadableMap unreadable = UnreadableMap::error);
 
 }  // namespace sluice::storage
