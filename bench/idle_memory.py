@@ -74,7 +74,7 @@ dir = "maps"
 """)
     proc = subprocess.Popen([str(ROOT / build / "daemon" / "sluiced"), "--config", str(work / "sluice.toml"),
                              "--log-level", "warn"], preexec_fn=lambda: resource.setrlimit(
-                                 resource.RLIMIT_NOFILE, (n * 2 + 1000, n * 2 + 1000)))
+                                 resource.RLIMIT_NOFILE, (min(hard, n + 1000), hard)))
     time.sleep(0.5)
     base = rss_kb(proc.pid)
     stats = {"ok": 0, "failed": 0}

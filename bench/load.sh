@@ -47,7 +47,7 @@ dir = "maps"
 [routes]
 "example.test" = "maildir:maildir"
 TOML
-"$sluiced" --config "$work/sluice.toml" --log-level warn 2> "$work/sluiced.log" &
+"$sluiced" --config "$work/sluice.toml" --log-level "${LOG_LEVEL:-info}" 2> "$work/sluiced.log" &
 pids+=($!)
 wait_port $port
 
