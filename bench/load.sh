@@ -36,6 +36,7 @@ cat > "$work/sluice.toml" <<TOML
 [server]
 hostname = "bench.example.test"
 max_connections_per_ip = 10000
+shards = ${SHARDS:-0}
 [[listener]]
 name = "mx"
 address = "127.0.0.1:$port"

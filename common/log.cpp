@@ -11,6 +11,26 @@ namespace {
 
 std::atomic<int> min_level{static_cast<int>(Level::info)};
 
+// Largest write that a pipe keeps atomic (POSIX PIPE_BUF on Linux).
+constexpr std::size_t kAtomicWrite = 4096;
+
+struct ThreadLog {
+    bool batching = false;
+    std::string buf;
+};
+thread_local ThreadLog thread_log;
+
+void write_all(const char* p, std::size_t left) {
+    while (left > 0) {
+        ssize_t n = ::write(STDERR_FILENO, p, left);
+        if (n <= 0) {
+            return;  // stderr gone: logging must never take the daemon down
+        }
+        p += n;
+        left -= static_cast<std::size_t>(n);
+    }
+}
+
 std::string_view level_name(Level l) {
     switch (l) {
         case Level::debug: return "debug";
@@ -24,17 +44,39 @@ std::string_view level_name(Level l) {
 }  // namespace
 
 void set_log_level(Level level) { min_level = static_cast<int>(level); }
+
+void set_thread_log_batching(bool on) {
+    if (!on) {
+        flush_thread_log();
+    }
+    thread_log.batching = on;
+}
+
+void flush_thread_log() {
+    auto& b = thread_log.buf;
+    if (!b.empty()) {
+        write_all(b.data(), b.size());
+        b.clear();
+    }
+}
 bool log_enabled(Level level) { return static_cast<int>(level) >= min_level; }
 
 std::string utc_timestamp() {
+    // The date and time part changes once a second: format it once per second per thread.
+    thread_local std::time_t cached_secs = -1;
+    thread_local char cached[32];
     auto now = std::chrono::system_clock::now();
     auto secs = std::chrono::system_clock::to_time_t(now);
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-    std::tm tm{};
-    gmtime_r(&secs, &tm);
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+    if (secs != cached_secs) {
+        std::tm tm{};
+        gmtime_r(&secs, &tm);
+        std::snprintf(cached, sizeof cached, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        cached_secs = secs;
+    }
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "%s.%03dZ", cached, static_cast<int>(ms));
     return buf;
 }
 
@@ -113,16 +155,19 @@ void LogLine::emit() {
     }
     done_ = true;
     buf_.push_back('\n');
-    const char* p = buf_.data();
-    std::size_t left = buf_.size();
-    while (left > 0) {
-        ssize_t n = ::write(STDERR_FILENO, p, left);
-        if (n <= 0) {
-            return;  // stderr gone: logging must never take the daemon down
-        }
-        p += n;
-        left -= static_cast<std::size_t>(n);
+    auto& tl = thread_log;
+    if (!tl.batching) {
+        write_all(buf_.data(), buf_.size());
+        return;
     }
+    if (tl.buf.size() + buf_.size() > kAtomicWrite) {
+        flush_thread_log();
+    }
+    if (buf_.size() >= kAtomicWrite) {
+        write_all(buf_.data(), buf_.size());
+        return;
+    }
+    tl.buf += buf_;
 }
 
 }  // namespace sluice

@@ -33,6 +33,12 @@ private:
     bool done_ = false;
 };
 
+// Batching for event-loop threads: while on, this thread's lines collect in a buffer that
+// flush_thread_log() writes (the shard calls it once per loop iteration), in writes of at
+// most PIPE_BUF bytes cut at line ends, so lines stay whole even on a pipe to journald.
+void set_thread_log_batching(bool on);
+void flush_thread_log();
+
 // Lines below this level are dropped (set once at start-up).
 void set_log_level(Level level);
 bool log_enabled(Level level);

@@ -7,7 +7,6 @@
 
 #include "common/log.hpp"
 #include "daemon/shard.hpp"
-#include "storage/maildir.hpp"
 
 namespace sluice {
 namespace {
@@ -28,69 +27,6 @@ std::string new_session_id() {
 }
 
 }  // namespace
-
-// A message on its way to durable storage, run on libuv's thread pool so no fsync ever
-// blocks a shard loop (STACK.md).
-struct CommitJob {
-    uv_work_t req{};
-    Connection* conn = nullptr;
-    std::unique_ptr<storage::Message> msg;
-    storage::CommitStatus status = storage::CommitStatus::ok;
-    std::string error;
-
-    static void work(uv_work_t* r) {
-        auto* job = static_cast<CommitJob*>(r->data);
-        // One file per maildir; recipients that share a maildir share the file.
-        std::map<std::string, std::vector<const storage::Recipient*>> by_dir;
-        for (const auto& rc : job->msg->recipients) {
-            by_dir[rc.transport.path].push_back(&rc);
-        }
-        for (const auto& [dir, rcpts] : by_dir) {
-            std::string e = storage::ensure_maildir(dir);
-            if (!e.empty()) {
-                job->status = storage::CommitStatus::io_error;
-                job->error = e;
-                return;
-            }
-            job->status = storage::write_maildir(dir, *job->msg, rcpts, job->error);
-            if (job->status != storage::CommitStatus::ok) {
-                return;
-            }
-        }
-    }
-
-    static void done(uv_work_t* r, int status) {
-        std::unique_ptr<CommitJob> job(static_cast<CommitJob*>(r->data));
-        if (status == UV_ECANCELED) {
-            job->status = storage::CommitStatus::io_error;
-            job->error = "cancelled";
-        }
-        job->conn->commit_finished(job->status);
-        const auto& m = *job->msg;
-        int shard = job->conn->shard_.index();
-        if (job->status == storage::CommitStatus::ok) {
-            LogLine(Level::info, "queued", shard, job->conn->session_->id())
-                .kv("id", m.id)
-                .kv("from", "<" + m.sender + ">")
-                .kv("rcpts", static_cast<std::uint64_t>(m.recipients.size()))
-                .kv("size", static_cast<std::uint64_t>(m.data.size()));
-            for (const auto& rc : m.recipients) {
-                job->conn->shard_.metrics().deliveries[static_cast<int>(DeliveryResult::delivered)].add();
-                LogLine(Level::info, "delivered", shard, job->conn->session_->id())
-                    .kv("id", m.id)
-                    .kv("to", "<" + rc.address + ">")
-                    .kv("deliver_to", rc.deliver_to)
-                    .kv("transport", rc.transport.text);
-            }
-        } else {
-            LogLine(Level::error, "commit_failed", shard, job->conn->session_->id())
-                .kv("id", m.id)
-                .kv("error", job->error);
-        }
-        job->conn->shard_.work_finished();
-        job->conn->release();
-    }
-};
 
 Connection::Connection(Shard& shard) : shard_(shard) {}
 
@@ -213,6 +149,8 @@ void Connection::flush() {
     }
     std::string& out = session_->output();
     if (!write_in_flight_ && !out.empty()) {
+        // A decision is on record before the client can see it (batched lines go first).
+        flush_thread_log();
         // Try the write right away (the common case: the socket buffer has room).
         uv_buf_t b = uv_buf_init(out.data(), static_cast<unsigned>(out.size()));
         int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
@@ -294,13 +232,14 @@ void Connection::force_close() {
 }
 
 void Connection::commit(std::unique_ptr<storage::Message> msg) {
-    auto* job = new CommitJob;
-    job->req.data = job;
-    job->conn = this;
-    job->msg = std::move(msg);
+    // The connection stays alive until the batch reports back, even if the peer leaves.
     ++refs_;
     shard_.work_started();
-    uv_queue_work(shard_.loop(), &job->req, CommitJob::work, CommitJob::done);
+    shard_.local_delivery().submit(std::move(msg), session_->id(), [this](storage::CommitStatus st) {
+        commit_finished(st);
+        shard_.work_finished();
+        release();
+    });
 }
 
 void Connection::commit_finished(storage::CommitStatus status) {

@@ -60,7 +60,6 @@ private:
     std::unique_ptr<smtp::Session> session_;
 
     friend class Shard;
-    friend struct CommitJob;
 };
 
 }  // namespace sluice

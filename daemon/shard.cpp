@@ -59,6 +59,16 @@ void Shard::run() {
     uv_timer_init(&loop_, &tick_);
     uv_timer_init(&loop_, &grace_);
     uv_timer_start(&tick_, on_tick, kTickMs, kTickMs);
+    // Log lines of one loop iteration go out in one write (common/log.hpp).
+    set_thread_log_batching(true);
+    local_delivery_ = std::make_unique<LocalDelivery>(&loop_, index_, &metrics_);
+    prepare_.data = this;
+    uv_prepare_init(&loop_, &prepare_);
+    uv_prepare_start(&prepare_, [](uv_prepare_t* p) {
+        // Everything this iteration committed goes to the thread pool as one batch.
+        static_cast<Shard*>(p->data)->local_delivery_->flush();
+        flush_thread_log();
+    });
 
     for (std::size_t i = 0; i < listener_fds_.size(); ++i) {
         auto l = std::make_unique<Listener>();
@@ -76,6 +86,7 @@ void Shard::run() {
         listeners_.push_back(std::move(l));
     }
     uv_run(&loop_, UV_RUN_DEFAULT);
+    set_thread_log_batching(false);
     // Every handle is closed by now; uv_loop_close verifies it.
     int rc = uv_loop_close(&loop_);
     if (rc != 0) {
@@ -174,6 +185,7 @@ void Shard::maybe_finish() {
     }
     uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&grace_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&prepare_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
 }
 

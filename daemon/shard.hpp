@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "daemon/limiter.hpp"
+#include "daemon/local_delivery.hpp"
 #include "daemon/metrics.hpp"
 #include "daemon/session.hpp"
 #include "policy/maps.hpp"
@@ -61,6 +62,7 @@ public:
     ShardMetrics& metrics() { return metrics_; }
     ShardMaps& maps() { return *maps_; }
     ConnectionLimiter& limiter() { return *limiter_; }
+    LocalDelivery& local_delivery() { return *local_delivery_; }
     char* read_buffer() { return read_buffer_.data(); }
     std::size_t read_buffer_size() const { return read_buffer_.size(); }
 
@@ -93,6 +95,8 @@ private:
     uv_async_t async_{};
     uv_timer_t tick_{};
     uv_timer_t grace_{};
+    uv_prepare_t prepare_{};  // before each poll: start the commit batch, write the log lines
+    std::unique_ptr<LocalDelivery> local_delivery_;
     std::vector<std::unique_ptr<Listener>> listeners_;
     std::vector<Connection*> connections_;  // unordered; index kept in each Connection
     std::vector<char> read_buffer_;         // one per loop: reads are consumed synchronously

@@ -97,7 +97,11 @@ CommitStatus write_maildir(const std::string& path, const Message& msg,
     if (::rename(tmp.c_str(), dst.c_str()) != 0) {
         return fail("rename");
     }
-    // The rename is durable only once the directory is (RFC 5321 §4.1.1.4 promise).
+    return CommitStatus::ok;
+}
+
+CommitStatus sync_maildir(const std::string& path, std::string& error) {
+    // A rename is durable only once its directory is (the RFC 5321 §4.1.1.4 promise).
     Fd dir(::open((path + "/new").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (dir.get() < 0 || ::fsync(dir.get()) != 0) {
         int e = errno;

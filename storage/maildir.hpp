@@ -17,8 +17,13 @@ std::string ensure_maildir(const std::string& path);
 
 // Writes `msg` once into the maildir at `path` for the recipients routed there. The file
 // starts with Return-Path: and one Delivered-To: per recipient (RFC 5321 §4.4 trace
-// fields), then the message data. Returns ok only once the file is durable.
+// fields), then the message data. The file's data is fdatasync'd and renamed into new/;
+// the rename itself is durable only after sync_maildir(path), which a batch calls once
+// for all the files it wrote there.
 CommitStatus write_maildir(const std::string& path, const Message& msg,
                            const std::vector<const Recipient*>& rcpts, std::string& error);
+
+// fsyncs PATH/new so every rename into it so far is durable.
+CommitStatus sync_maildir(const std::string& path, std::string& error);
 
 }  // namespace sluice::storage
