@@ -5,7 +5,7 @@ SHELL := /bin/bash
 BUILD ?= build
 DEBS := build-essential pkg-config meson ninja-build libuv1-dev libmbedtls-dev liblmdb-dev \
         lmdb-utils libtomlplusplus-dev libgtest-dev libbenchmark-dev libcrypt-dev postfix swaks \
-        python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl
+        python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl nlohmann-json3-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps build run test bench fuzz clean format

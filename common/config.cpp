@@ -105,6 +105,9 @@ const Key<Config> config_keys[] = {
     {"limits", "greeting_delay", Kind::duration, "0s", 0, 60'000, "", "hold the greeting this long; clients talking first are refused (554 5.5.0)",
         [](Config& c, const Value& v) { c.limits.greeting_delay = v.d; }},
 
+    {"limits", "outbound_connections", Kind::integer, "20", 1, 10'000, "", "concurrent connections to one next hop (over all shards)",
+        [](Config& c, const Value& v) { c.limits.outbound_connections = static_cast<std::uint32_t>(v.i); }},
+
     {"relay", "enabled", Kind::boolean, "true", 0, 0, "", "relaying at all; false denies every non-local recipient (D112)",
         [](Config& c, const Value& v) { c.relay.enabled = v.b; }},
     {"relay", "authenticated", Kind::boolean, "true", 0, 0, "", "relay for authenticated senders (G108)",
@@ -136,6 +139,11 @@ const Key<Config> config_keys[] = {
         [](Config& c, const Value& v) { c.spool.retry = v.durations; }},
     {"spool", "max_age", Kind::duration, "5d", 60'000, 30ll * 86'400'000, "", "age at which an undeliverable message bounces",
         [](Config& c, const Value& v) { c.spool.max_age = v.d; }},
+
+    {"spool", "max_size", Kind::size, "0B", 0, 1ll << 50, "", "spool size at which new mail gets 452 4.3.1; 0B: no limit",
+        [](Config& c, const Value& v) { c.spool.max_size = v.u; }},
+    {"spool", "min_free", Kind::size, "256MiB", 0, 1ll << 50, "", "free disk space below which new mail gets 452 4.3.1",
+        [](Config& c, const Value& v) { c.spool.min_free = v.u; }},
 
     {"control", "socket", Kind::path, "/run/sluice/control.sock", 0, 0, "", "Unix socket of sluicectl",
         [](Config& c, const Value& v) { c.control.socket = v.s; }},

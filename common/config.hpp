@@ -110,6 +110,7 @@ struct Config {
         std::uint32_t max_hops;
         Millis shutdown_grace;
         Millis greeting_delay;        // input before the greeting: early talker (554)
+        std::uint32_t outbound_connections;  // concurrent connections per next hop
     } limits;
 
     RelayConfig relay;
@@ -132,6 +133,8 @@ struct Config {
         std::string dir;
         std::vector<Millis> retry;
         Millis max_age;
+        std::uint64_t max_size;   // 0: unlimited
+        std::uint64_t min_free;   // free disk below this: new mail gets 452 4.3.1
     } spool;
 
     struct {

@@ -81,7 +81,16 @@ constexpr Row rows[] = {
     {R::auth_throttled,          {454, "4.7.0", "Too many failed authentications, try again later", true}},
     {R::auth_bad_base64,         {501, "5.5.2", "Cannot decode response", false}},
     {R::auth_cancelled,          {501, "5.0.0", "Authentication cancelled", false}},
+    {R::auth_challenge,          {334, "",      "%", false}},
+    {R::auth_mechanism,          {504, "5.5.4", "Unrecognized authentication type", false}},
+    {R::tls_already_active,      {503, "5.5.1", "TLS already active", false}},
+    {R::auth_in_transaction,     {503, "5.5.1", "Already authenticated or in a transaction", false}},
+    {R::auth_unavailable,        {454, "4.7.0", "Temporary authentication failure", false}},
     {R::sender_not_owned,        {553, "5.7.1", "Sender address not owned by authenticated user", false}},
+    {R::next_hop_lost,           {451, "4.4.2", "Lost connection with the next hop", false}},
+    {R::next_hop_timeout,        {451, "4.4.2", "Timed out waiting for the next hop", false}},
+    {R::next_hop_protocol,       {451, "4.5.0", "Protocol error from the next hop", false}},
+    {R::conversion_required,     {554, "5.6.3", "Conversion required: the next hop does not offer 8BITMIME", false}},
 };
 // clang-format on
 

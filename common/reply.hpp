@@ -82,7 +82,18 @@ enum class Reply : std::uint8_t {
     auth_throttled,      // 454 4.7.0
     auth_bad_base64,     // 501 5.5.2
     auth_cancelled,      // 501 5.0.0
+    auth_challenge,      // 334 base64 challenge, no enhanced code (RFC 4954 §4)
+    auth_mechanism,      // 504 5.5.4 unrecognized authentication type (RFC 4954 §4)
     sender_not_owned,    // 553 5.7.1
+    tls_already_active,  // 503 5.5.1 STARTTLS inside TLS
+    auth_in_transaction, // 503 5.5.1 (RFC 4954 §4)
+    auth_unavailable,    // 454 4.7.0 the users map cannot be read (fail closed)
+    // Outbound (daemon/smtp_client.hpp): conditions found by our client, not replies of
+    // the next hop, reported per recipient.
+    next_hop_lost,       // 451 4.4.2 connection lost before the final reply
+    next_hop_timeout,    // 451 4.4.2 RFC 5321 §4.5.3.2 timeout
+    next_hop_protocol,   // 451 4.5.0 malformed or unexpected reply
+    conversion_required, // 554 5.6.3 8-bit data, next hop without 8BITMIME (RFC 6152 §3)
     count_
 };
 

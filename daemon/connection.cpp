@@ -2,10 +2,12 @@
 
 #include <netinet/tcp.h>
 
+#include <algorithm>
 #include <map>
 #include <random>
 
 #include "common/log.hpp"
+#include "daemon/auth.hpp"
 #include "daemon/shard.hpp"
 
 namespace sluice {
@@ -98,8 +100,20 @@ void Connection::accept(Shard& shard, uv_stream_t* server, std::size_t listener_
     p.shard = shard.index();
     p.id = new_session_id();
     p.greeting_delay = cfg.limits.greeting_delay;
+    const auto& listener = cfg.listeners[listener_index];
+    c->tls_config_ = snap->tls;
+    p.tls_available = c->tls_config_ != nullptr &&
+                      (listener.tls == TlsMode::optional || listener.tls == TlsMode::required);
+    c->tls_implicit_ = c->tls_config_ != nullptr && listener.tls == TlsMode::implicit;
+    p.tls_active = c->tls_implicit_;
     c->session_ = std::make_unique<smtp::Session>(std::move(p));
-    c->session_->start(smtp::Clock::now());
+    if (c->tls_implicit_) {
+        // Port 465: the session (and its greeting) begins once the handshake is done.
+        c->start_tls();
+    } else {
+        c->session_started_ = true;
+        c->session_->start(smtp::Clock::now());
+    }
     if (!c->session_->closed()) {
         c->reading_ = uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp_), on_alloc, on_read) == 0;
     }
@@ -122,9 +136,83 @@ void Connection::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
         c->close_handle();
         return;
     }
-    c->session_->receive(std::string_view(buf->base, static_cast<std::size_t>(n)), smtp::Clock::now());
+    std::string_view bytes(buf->base, static_cast<std::size_t>(n));
+    if (c->tls_) {
+        std::string plain;
+        if (!c->receive_tls(bytes, plain)) {
+            c->flush();
+            c->close_handle();
+            return;
+        }
+        if (!plain.empty()) {
+            c->session_->receive(plain, smtp::Clock::now());
+        }
+    } else {
+        c->session_->receive(bytes, smtp::Clock::now());
+    }
     c->flush();
     c->update_reading();
+}
+
+void Connection::start_tls() {
+    tls_ = std::make_unique<tls::TlsStream>(tls_config_);
+}
+
+bool Connection::receive_tls(std::string_view cipher, std::string& plain) {
+    bool was_done = tls_->handshake_done();
+    auto st = tls_->receive(cipher, plain);
+    auto& m = shard_.metrics();
+    if (st == tls::TlsChannel::Status::error || st == tls::TlsChannel::Status::closed) {
+        if (!was_done) {
+            m.tls_handshakes[static_cast<int>(TlsResult::failed)].add();
+        }
+        LogLine(Level::info, "tls", shard_.index(), session_->id())
+            .kv("client", format_ip(peer_))
+            .kv("result", st == tls::TlsChannel::Status::closed ? "closed" : "failed")
+            .kv("error", tls_->error());
+        // Whatever alert the library queued still goes out.
+        sendbuf_ += tls_->outbox();
+        tls_->outbox().clear();
+        session_->peer_closed(was_done ? "tls_closed" : "tls_handshake_failed");
+        return false;
+    }
+    if (!was_done && tls_->handshake_done()) {
+        m.tls_handshakes[static_cast<int>(tls_->resumed() ? TlsResult::resumed : TlsResult::ok)].add();
+        LogLine(Level::info, "tls", shard_.index(), session_->id())
+            .kv("client", format_ip(peer_))
+            .kv("result", tls_->resumed() ? "resumed" : "ok")
+            .kv("version", tls_->version())
+            .kv("cipher", tls_->cipher());
+        auto now = smtp::Clock::now();
+        if (!session_started_) {
+            session_started_ = true;
+            session_->start(now);
+        }
+        session_->tls_started(tls_->version(), tls_->cipher());
+    }
+    return true;
+}
+
+void Connection::stage_output() {
+    std::string& out = session_->output();
+    if (tls_) {
+        if (tls_->handshake_done() && !out.empty()) {
+            if (tls_->send(out) != tls::TlsChannel::Status::ok) {
+                session_->peer_closed("tls_write_error");
+            }
+            out.clear();
+        }
+        // Handshake records, alerts and application data, in order.
+        sendbuf_ += tls_->outbox();
+        tls_->outbox().clear();
+        return;
+    }
+    sendbuf_ += out;
+    out.clear();
+    if (session_->tls_requested() && tls_config_) {
+        // The 220 went into sendbuf_ in plaintext; every later byte is TLS.
+        start_tls();
+    }
 }
 
 void Connection::update_reading() {
@@ -134,7 +222,7 @@ void Connection::update_reading() {
     // Back-pressure both ways: a client that pipelines without reading our replies, or
     // outruns a commit in flight, is simply not read from until it catches up.
     bool want = session_->wants_input() &&
-                writing_.size() + session_->output().size() < kMaxPendingOutput;
+                writing_.size() + sendbuf_.size() + session_->output().size() < kMaxPendingOutput;
     if (want && !reading_) {
         reading_ = uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), on_alloc, on_read) == 0;
     } else if (!want && reading_) {
@@ -147,7 +235,8 @@ void Connection::flush() {
     if (closing_) {
         return;
     }
-    std::string& out = session_->output();
+    stage_output();
+    std::string& out = sendbuf_;
     if (!write_in_flight_ && !out.empty()) {
         // A decision is on record before the client can see it (batched lines go first).
         flush_thread_log();
@@ -212,6 +301,14 @@ void Connection::tick(smtp::Clock::time_point now) {
     if (closing_ || !session_) {
         return;
     }
+    if (!session_started_) {
+        // Implicit TLS: a client that never completes the handshake does not keep the slot.
+        if (now - accepted_at_ >= shard_.snapshot()->config->limits.command_timeout) {
+            session_->peer_closed("tls_handshake_timeout");
+            close_handle();
+        }
+        return;
+    }
     session_->tick(now);
     flush();
 }
@@ -231,15 +328,69 @@ void Connection::force_close() {
     close_handle();
 }
 
+namespace {
+
+void log_queued(int shard, const std::string& session, const storage::Message& m, std::string_view via) {
+    LogLine(Level::info, "queued", shard, session)
+        .kv("id", m.id)
+        .kv("from", "<" + m.sender + ">")
+        .kv("rcpts", static_cast<std::uint64_t>(m.recipients.size()))
+        .kv("size", static_cast<std::uint64_t>(m.data.size()))
+        .kv("via", via);
+}
+
+}  // namespace
+
 void Connection::commit(std::unique_ptr<storage::Message> msg) {
-    // The connection stays alive until the batch reports back, even if the peer leaves.
+    // The connection stays alive until storage reports back, even if the peer leaves.
     ++refs_;
     shard_.work_started();
-    shard_.local_delivery().submit(std::move(msg), session_->id(), [this](storage::CommitStatus st) {
-        commit_finished(st);
-        shard_.work_finished();
-        release();
+    bool all_local = std::all_of(msg->recipients.begin(), msg->recipients.end(), [](const auto& r) {
+        return r.transport.kind == Transport::Kind::maildir;
     });
+    storage::Spool* spool = shard_.spool();
+    if (all_local || spool == nullptr) {
+        // Final delivery in-line: the maildir file is durable before the 250.
+        std::string id = msg->id;
+        auto summary = std::make_shared<storage::Message>();
+        summary->id = msg->id;
+        summary->sender = msg->sender;
+        summary->recipients = msg->recipients;
+        shard_.local_delivery().submit(std::move(msg), session_->id(), [this, summary](storage::CommitStatus st) {
+            if (st == storage::CommitStatus::ok) {
+                log_queued(shard_.index(), session_->id(), *summary, "maildir");
+            }
+            commit_finished(st);
+            shard_.work_finished();
+            release();
+        });
+        return;
+    }
+    // Durable in the spool (group commit on its writer thread), then forwarded.
+    Shard* shard = &shard_;
+    spool->submit(std::move(msg), [this, shard](storage::CommitStatus st, std::unique_ptr<storage::Message> m) {
+        std::shared_ptr<const storage::Message> sm(std::move(m));
+        shard->post([this, st, sm](Shard& s) {
+            if (st == storage::CommitStatus::ok && sm) {
+                log_queued(s.index(), session_->id(), *sm, "spool");
+            }
+            commit_finished(st);
+            if (st == storage::CommitStatus::ok && sm && s.outbound() != nullptr) {
+                s.outbound()->start(sm, session_->id());
+            }
+            s.work_finished();
+            release();
+        });
+    });
+}
+
+storage::CommitStatus Connection::admission() const {
+    const storage::Spool* spool = shard_.spool();
+    if (spool == nullptr) {
+        return storage::CommitStatus::ok;
+    }
+    return spool->admission() == storage::Admission::ok ? storage::CommitStatus::ok
+                                                         : storage::CommitStatus::no_space;
 }
 
 void Connection::commit_finished(storage::CommitStatus status) {
@@ -251,10 +402,88 @@ void Connection::commit_finished(storage::CommitStatus status) {
     update_reading();
 }
 
+namespace {
+
+// A password check on the thread pool: crypt(3) with yescrypt takes ~20 ms on purpose.
+struct AuthJob {
+    uv_work_t req{};
+    Connection* conn = nullptr;
+    std::string hash;
+    std::string password;
+    bool known = false;
+    bool ok = false;
+};
+
+}  // namespace
+
+void Connection::authenticate(const sasl::Credentials& creds) {
+    auto* throttle = shard_.auth_throttle();
+    auto now = smtp::Clock::now();
+    auth_user_ = creds.user;
+    if (throttle != nullptr && !throttle->allow(peer_, creds.user)) {
+        session_->auth_done(smtp::AuthOutcome::throttled, now);
+        return;
+    }
+    auto found = shard_.maps().find(policy::MapId::users, creds.user);
+    if (found.unavailable()) {
+        if (throttle != nullptr) {
+            throttle->record(peer_, creds.user, true);  // not the client's fault: refund
+        }
+        session_->auth_done(smtp::AuthOutcome::unavailable, now);
+        return;
+    }
+    auto* job = new AuthJob;
+    job->req.data = job;
+    job->conn = this;
+    job->password = creds.password;
+    std::string error;
+    auto entry = found.found() ? auth::parse_user_entry(found.value, error) : std::nullopt;
+    job->known = entry.has_value();
+    // Unknown users cost the same hash as known ones: no user enumeration by timing.
+    job->hash = job->known ? entry->hash : auth::dummy_hash();
+    ++refs_;
+    shard_.work_started();
+    uv_queue_work(
+        shard_.loop(), &job->req,
+        [](uv_work_t* r) {
+            auto* j = static_cast<AuthJob*>(r->data);
+            j->ok = auth::verify_password(j->hash, j->password) && j->known;
+        },
+        [](uv_work_t* r, int) {
+            std::unique_ptr<AuthJob> j(static_cast<AuthJob*>(r->data));
+            // The password is wiped as soon as it is no longer needed.
+            std::fill(j->password.begin(), j->password.end(), '\0');
+            Connection* c = j->conn;
+            if (!c->closing_) {
+                auto* throttle = c->shard_.auth_throttle();
+                const std::string& user = c->auth_user_;
+                if (throttle != nullptr) {
+                    throttle->record(c->peer_, user, j->ok);
+                }
+                c->session_->auth_done(j->ok ? smtp::AuthOutcome::ok : smtp::AuthOutcome::failed,
+                                       smtp::Clock::now());
+                c->flush();
+                c->update_reading();
+            }
+            c->shard_.work_finished();
+            c->release();
+        });
+}
+
+bool Connection::sender_allowed(std::string_view user, std::string_view sender) const {
+    auto found = shard_.maps().find(policy::MapId::users, user);
+    if (!found.found()) {
+        return false;
+    }
+    std::string error;
+    auto entry = auth::parse_user_entry(found.value, error);
+    return entry && auth::sender_allowed(*entry, user, sender);
+}
+
 bool Connection::transport_available(const Transport& t) const {
-    // Forwarding over SMTP arrives with the durable spool; until then only maildir
-    // delivery is available and RCPTs routed elsewhere get 451 (fail closed).
-    return t.kind == Transport::Kind::maildir;
+    // SMTP routes need the spool (and its forwarding); without one, RCPTs routed there get
+    // 451 (fail closed) rather than a 250 for mail we could not forward.
+    return t.kind == Transport::Kind::maildir || shard_.spool() != nullptr;
 }
 
 }  // namespace sluice

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "daemon/session.hpp"
+#include "daemon/tls.hpp"
 
 namespace sluice {
 
@@ -31,6 +32,9 @@ public:
     // SessionHooks
     void commit(std::unique_ptr<storage::Message> msg) override;
     bool transport_available(const Transport& t) const override;
+    void authenticate(const sasl::Credentials& creds) override;
+    bool sender_allowed(std::string_view user, std::string_view sender) const override;
+    storage::CommitStatus admission() const override;
 
 private:
     explicit Connection(Shard& shard);
@@ -42,6 +46,9 @@ private:
     static void on_close(uv_handle_t* h);
 
     void flush();
+    void stage_output();      // session replies -> (TLS) -> sendbuf_
+    void start_tls();         // after the 220 to STARTTLS, or at accept for implicit TLS
+    bool receive_tls(std::string_view cipher, std::string& plain);  // false: close
     void update_reading();
     void close_handle();
     void release();  // drops one reference; deletes at zero
@@ -51,6 +58,13 @@ private:
     uv_tcp_t tcp_{};
     uv_write_t write_req_{};
     std::string writing_;  // bytes owned by the write in flight
+    std::string sendbuf_;  // bytes for the socket not yet handed to a write
+    std::unique_ptr<tls::TlsStream> tls_;  // only once the session starts TLS (~37 KB)
+    std::shared_ptr<const tls::TlsServerConfig> tls_config_;
+    bool tls_implicit_ = false;
+    smtp::Clock::time_point accepted_at_ = smtp::Clock::now();
+    bool session_started_ = false;
+    std::string auth_user_;  // the user being authenticated
     bool write_in_flight_ = false;
     bool reading_ = false;
     bool closing_ = false;

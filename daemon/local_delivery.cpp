@@ -80,11 +80,6 @@ void LocalDelivery::after(uv_work_t* req, int status) {
         }
         const auto& m = *item.msg;
         if (item.status == storage::CommitStatus::ok) {
-            LogLine(Level::info, "queued", self.shard_, item.session_id)
-                .kv("id", m.id)
-                .kv("from", "<" + m.sender + ">")
-                .kv("rcpts", static_cast<std::uint64_t>(m.recipients.size()))
-                .kv("size", static_cast<std::uint64_t>(m.data.size()));
             for (const auto& rc : m.recipients) {
                 self.metrics_->deliveries[static_cast<int>(DeliveryResult::delivered)].add();
                 LogLine(Level::info, "delivered", self.shard_, item.session_id)

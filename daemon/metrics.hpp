@@ -3,9 +3,14 @@
 // (single writer: relaxed load + store, no locked instructions on the data path); the
 // stats endpoint reads all shards at scrape time and sums them.
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
 
 namespace sluice {
 
@@ -17,6 +22,10 @@ inline constexpr std::array<double, 10> kDurationBuckets = {0.01, 0.05, 0.1, 0.5
 enum class ConnResult : std::uint8_t { accepted, filtered, over_limit, shutting_down, count_ };
 enum class MsgResult : std::uint8_t { accepted, rejected, failed, count_ };
 enum class DeliveryResult : std::uint8_t { delivered, deferred, bounced, count_ };
+// TLS handshakes (STARTTLS and implicit): completed in full, resumed from a ticket, failed.
+enum class TlsResult : std::uint8_t { ok, resumed, failed, count_ };
+// AUTH attempts: credentials accepted, refused, or the exchange aborted/malformed.
+enum class AuthResult : std::uint8_t { ok, failed, aborted, count_ };
 
 struct Counter {
     std::atomic<std::uint64_t> v{0};
@@ -41,6 +50,52 @@ struct ShardMetrics {
     std::array<Counter, kDurationBuckets.size()> duration_buckets;  // non-cumulative here
     Counter duration_count;
     Counter duration_sum_ms;
+    std::array<Counter, static_cast<std::size_t>(TlsResult::count_)> tls_handshakes;
+    std::array<Counter, static_cast<std::size_t>(AuthResult::count_)> auth;
+    // The config generation this shard serves (stored by the shard thread when it switches).
+    std::atomic<std::uint64_t> generation{0};
+
+    // `connections` is indexed by the listener's position in the shard's current snapshot,
+    // which a reload may reorder, extend or shrink. The stats are per listener NAME, so the
+    // shard re-keys the counters when it switches snapshots (rebind_listeners, shard thread
+    // only, at the switch) and the scrape reads names and counters under `listeners_mu`.
+    // That mutex is never taken on the data path: increments stay plain relaxed stores.
+    using ConnCounts = std::array<std::uint64_t, static_cast<std::size_t>(ConnResult::count_)>;
+    mutable std::mutex listeners_mu;
+    std::vector<std::string> listener_names;           // slot -> name (guarded)
+    std::map<std::string, ConnCounts> listeners_gone;  // totals of removed listeners (guarded)
+
+    // Shard thread only. Moves each listener's counts to its slot in `names` (its new
+    // order), keeps the totals of listeners that disappeared, and restores them if one
+    // comes back, so every per-name counter stays monotonic across reloads.
+    void rebind_listeners(const std::vector<std::string>& names) {
+        std::lock_guard lock(listeners_mu);
+        std::map<std::string, ConnCounts> current = std::move(listeners_gone);
+        for (std::size_t i = 0; i < listener_names.size() && i < kMaxListeners; ++i) {
+            ConnCounts c{};
+            for (std::size_t r = 0; r < c.size(); ++r) {
+                c[r] = connections[i][r].get();
+            }
+            current[listener_names[i]] = c;
+        }
+        listener_names.assign(names.begin(),
+                              names.begin() + static_cast<std::ptrdiff_t>(
+                                                  std::min(names.size(), kMaxListeners)));
+        for (std::size_t i = 0; i < kMaxListeners; ++i) {
+            ConnCounts c{};
+            if (i < listener_names.size()) {
+                auto it = current.find(listener_names[i]);
+                if (it != current.end()) {
+                    c = it->second;
+                    current.erase(it);
+                }
+            }
+            for (std::size_t r = 0; r < c.size(); ++r) {
+                connections[i][r].v.store(c[r], std::memory_order_relaxed);
+            }
+        }
+        listeners_gone = std::move(current);
+    }
 
     void observe_duration(double seconds) {
         for (std::size_t i = 0; i < kDurationBuckets.size(); ++i) {

@@ -1,13 +1,20 @@
 #include "daemon/server.hpp"
 
+#include "daemon/snapshot.hpp"
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "common/log.hpp"
+#include "storage/map_check.hpp"
+#include "storage/maps.hpp"
 
 namespace sluice {
 namespace {
@@ -35,7 +42,78 @@ int make_listen_socket(const SockAddr& a, bool reuseport, std::string& error) {
     return fd;
 }
 
+bool read_file(const std::string& path, std::string& text, std::string& error) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        error = std::strerror(errno);
+        return false;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+    return true;
+}
+
+double millis_since(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
+
+std::string fixed1(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", v);
+    return buf;
+}
+
+std::string joined(const nlohmann::json& names) {
+    std::string out;
+    for (const auto& n : names) {
+        out += (out.empty() ? "" : ",") + n.get<std::string>();
+    }
+    return out.empty() ? "-" : out;
+}
+
+std::string position(const SourceRef& w) {
+    return w.file + ":" + std::to_string(w.line) + ":" + std::to_string(w.column);
+}
+
 }  // namespace
+
+// A reload's validation, on the thread pool: everything here is the job's own.
+struct Server::ReloadJob {
+    uv_work_t req{};
+    Server* server = nullptr;
+    std::string path;
+    LoadResult loaded;
+    std::vector<Diagnostic> diagnostics;  // the loader's, then the maps' (storage::check_maps)
+    control::FlatConfig flat;
+    control::MapStamps stamps;
+    double validate_ms = 0;
+
+    static void work(uv_work_t* req) {
+        auto& job = *static_cast<ReloadJob*>(req->data);
+        auto t0 = std::chrono::steady_clock::now();
+        std::string text, error;
+        if (!read_file(job.path, text, error)) {
+            job.diagnostics.push_back({Diagnostic::Severity::error, {job.path, 0, 0},
+                                       "cannot read config file: " + error});
+        } else {
+            job.loaded = load_config_text(text, job.path);
+            job.diagnostics = job.loaded.diagnostics;
+            if (job.loaded.ok()) {
+                auto more = storage::check_maps(*job.loaded.config, job.diagnostics);
+                job.diagnostics.insert(job.diagnostics.end(), more.begin(), more.end());
+                job.stamps = control::stamp_maps(job.loaded.config->maps.dir);
+            }
+            job.flat = control::flatten_config(text, job.path);
+        }
+        job.validate_ms = millis_since(t0);
+    }
+
+    static void after(uv_work_t* req, int) {
+        std::unique_ptr<ReloadJob> job(static_cast<ReloadJob*>(req->data));
+        job->server->validated(*job);
+    }
+};
 
 Server::Server(ServerOptions opts) : opts_(std::move(opts)) {}
 
@@ -78,14 +156,26 @@ bool Server::open_listeners(const Config& cfg) {
 
 int Server::run(std::shared_ptr<const Config> config) {
     std::signal(SIGPIPE, SIG_IGN);
+    // The spool first: recovery must know every message that was ever answered 250.
+    storage::SpoolOptions so;
+    so.dir = config->spool.dir;
+    so.max_bytes = config->spool.max_size;
+    so.min_free_bytes = config->spool.min_free;
+    auto opened = storage::Spool::open(so);
+    if (!opened.ok()) {
+        LogLine(Level::error, "spool_failed").kv("dir", so.dir).kv("error", opened.error().message);
+        return 1;
+    }
+    spool_ = std::move(*opened);
     if (!open_listeners(*config)) {
         return 1;
     }
-    auto snap = std::make_shared<Snapshot>();
-    snap->config = config;
-    snap->rules = policy::Rules::from_config(*config);
-    snap->generation = 1;
-    snapshot_ = snap;
+    std::string tls_error;
+    snapshot_ = make_snapshot(config, 1, tls_error);
+    if (!snapshot_) {
+        LogLine(Level::error, "tls_failed").kv("error", tls_error);
+        return 1;
+    }
 
     for (unsigned s = 0; s < config->server.shards; ++s) {
         ShardOptions o;
@@ -94,6 +184,8 @@ int Server::run(std::shared_ptr<const Config> config) {
         o.listener_fds = fds_[s];
         fds_[s].clear();  // owned by the shard's handles from now on
         o.limiter = &limiter_;
+        o.spool = spool_.get();
+        o.auth_throttle = &auth_throttle_;
         o.maps = opts_.make_maps(*config, static_cast<int>(s));
         shards_.push_back(std::make_unique<Shard>(std::move(o)));
     }
@@ -104,10 +196,47 @@ int Server::run(std::shared_ptr<const Config> config) {
     }
     uv_signal_start(&sigterm_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->stop(); }, SIGTERM);
     uv_signal_start(&sigint_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->stop(); }, SIGINT);
-    uv_signal_start(&sighup_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->reload(); }, SIGHUP);
+    uv_signal_start(&sighup_, [](uv_signal_t* s, int) {
+        static_cast<Server*>(s->data)->reload([](nlohmann::json) {});  // the log says it all
+    }, SIGHUP);
+    if (!start_services(*config)) {
+        for (auto* s : {&sigterm_, &sigint_, &sighup_}) {
+            uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
+        }
+        uv_close(reinterpret_cast<uv_handle_t*>(&switched_), nullptr);
+        uv_close(reinterpret_cast<uv_handle_t*>(&drain_check_), nullptr);
+        if (control_) {
+            control_->close();
+        }
+        if (stats_) {
+            stats_->close();
+        }
+        uv_run(&loop_, UV_RUN_DEFAULT);
+        uv_loop_close(&loop_);
+        return 1;
+    }
 
     for (auto& s : shards_) {
         s->start();
+    }
+    // Recovery: every queued message goes to one shard (by id) to be delivered.
+    {
+        auto pending = spool_->pending();
+        std::vector<std::vector<storage::QueueId>> per_shard(shards_.size());
+        for (auto& e : pending) {
+            per_shard[std::hash<std::string>{}(e.id) % shards_.size()].push_back(e.id);
+        }
+        auto now = std::chrono::system_clock::now();
+        for (std::size_t i = 0; i < shards_.size(); ++i) {
+            shards_[i]->post([ids = std::move(per_shard[i]), now](Shard& sh) {
+                for (const auto& id : ids) {
+                    if (sh.outbound() != nullptr) {
+                        sh.outbound()->schedule(id, now);
+                    }
+                }
+            });
+        }
+        LogLine(Level::info, "recovered").kv("messages", static_cast<std::uint64_t>(pending.size()));
     }
     {
         LogLine line(Level::info, "started");
@@ -116,10 +245,12 @@ int Server::run(std::shared_ptr<const Config> config) {
             line.kv("listener", l.name + "=" + l.address_text);
         }
     }
+    notify_.ready();
     uv_run(&loop_, UV_RUN_DEFAULT);
     for (auto& s : shards_) {
         s->join();
     }
+    spool_->close();
     uv_loop_close(&loop_);
     LogLine(Level::info, "stopped");
     return 0;
@@ -138,39 +269,361 @@ void Server::stop() {
     for (auto* s : {&sigterm_, &sigint_, &sighup_}) {
         uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
     }
+    // Not ready from now on; the control socket and /healthz keep answering until the
+    // shards have drained.
+    notify_.stopping();
+    if (stats_) {
+        stats_->set_draining();
+    }
+    uv_timer_start(&drain_check_, [](uv_timer_t* t) { static_cast<Server*>(t->data)->check_drained(); },
+                   20, 20);
 }
 
-void Server::reload() {
-    const auto& old = *snapshot_->config;
-    auto r = load_config(old.path);
-    for (const auto& d : r.diagnostics) {
-        LogLine(d.severity == Diagnostic::Severity::error ? Level::error : Level::warn, "config")
-            .kv("problem", d.str());
-    }
-    if (!r.ok()) {
-        LogLine(Level::error, "reload").kv("result", "rejected").kv("generation", snapshot_->generation);
-        return;
-    }
-    // Listener sockets stay as they are: a changed listener set needs a restart for now.
-    bool same = r.config->listeners.size() == old.listeners.size() &&
-                r.config->server.shards == old.server.shards;
-    for (std::size_t i = 0; same && i < old.listeners.size(); ++i) {
-        same = r.config->listeners[i].name == old.listeners[i].name &&
-               format_sockaddr(r.config->listeners[i].address) == format_sockaddr(old.listeners[i].address);
-    }
-    if (!same) {
-        LogLine(Level::error, "reload").kv("result", "rejected").kv("reason", "listeners or shards changed; restart to apply");
-        return;
-    }
-    auto snap = std::make_shared<Snapshot>();
-    snap->config = r.config;
-    snap->rules = policy::Rules::from_config(*r.config);
-    snap->generation = snapshot_->generation + 1;
-    snapshot_ = snap;
+void Server::check_drained() {
     for (auto& s : shards_) {
-        s->post([snap](Shard& sh) { sh.set_snapshot(snap); });
+        if (!s->finished()) {
+            return;
+        }
     }
-    LogLine(Level::info, "reload").kv("result", "ok").kv("generation", snap->generation);
+    // Every shard ran everything posted before its drain: a switch still being counted
+    // has happened on all of them.
+    shard_switched();
+    uv_timer_stop(&drain_check_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&drain_check_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&switched_), nullptr);
+    if (control_) {
+        control_->close();
+    }
+    if (stats_) {
+        stats_->close();
+    }
+}
+
+std::string Server::listen_stats(const SockAddr& address) {
+    if (!stats_) {
+        stats_ = std::make_unique<stats::StatsServer>(&loop_, [this] {
+            return stats::render_prometheus(totals());
+        });
+    }
+    return stats_->listen(address);
+}
+
+bool Server::start_services(const Config& cfg) {
+    started_ = std::chrono::steady_clock::now();
+    start_unix_ = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    uv_async_init(&loop_, &switched_, [](uv_async_t* a) { static_cast<Server*>(a->data)->shard_switched(); });
+    switched_.data = this;
+    uv_timer_init(&loop_, &drain_check_);
+    drain_check_.data = this;
+    // What the first reload compares with. The file is read again here (main.cpp loaded
+    // it a moment ago): an edit in between shows up as a change in the next reload.
+    std::string text, error;
+    if (read_file(cfg.path, text, error)) {
+        flat_config_ = control::flatten_config(text, cfg.path);
+    }
+    map_stamps_ = control::stamp_maps(cfg.maps.dir);
+
+    if (cfg.stats.address) {
+        std::string e = listen_stats(*cfg.stats.address);
+        if (!e.empty()) {
+            LogLine(Level::error, "listen_failed").kv("listener", "stats").kv("error", e);
+            return false;
+        }
+    }
+    // Without its control socket the daemon still serves mail (SIGHUP reloads); the
+    // operator sees why sluicectl cannot connect.
+    control_ = std::make_unique<control::ControlServer>(
+        &loop_, [this](control::Request r, control::ControlServer::Respond respond) {
+            handle_control(std::move(r), std::move(respond));
+        });
+    std::string e = control_->listen(cfg.control.socket);
+    if (!e.empty()) {
+        LogLine(Level::error, "control_failed").kv("socket", cfg.control.socket).kv("error", e);
+    }
+    return true;
+}
+
+stats::Totals Server::totals() {
+    std::vector<const ShardMetrics*> metrics;
+    for (auto& s : shards_) {
+        metrics.push_back(&s->metrics());
+    }
+    stats::ServerNumbers n;
+    n.generation = snapshot_->generation;
+    n.reloads_ok = reloads_ok_;
+    n.reloads_failed = reloads_failed_;
+    n.queue_messages = spool_ ? spool_->size() : 0;
+    n.start_time = start_unix_;
+    n.version = SLUICE_VERSION;
+    return stats::collect(metrics, n);
+}
+
+void Server::handle_control(control::Request request, control::ControlServer::Respond respond) {
+    switch (request.cmd) {
+        case control::Command::status: {
+            control::StatusInfo info;
+            info.version = SLUICE_VERSION;
+            info.uptime_seconds = millis_since(started_) / 1000.0;
+            info.shards = static_cast<unsigned>(shards_.size());
+            info.generation = snapshot_->generation;
+            for (auto& s : shards_) {
+                info.shard_generations.push_back(s->metrics().generation.load(std::memory_order_acquire));
+                info.sessions_active += s->metrics().sessions_active.get();
+            }
+            info.queue_messages = spool_ ? spool_->size() : 0;
+            info.draining = stopping_;
+            info.reload_in_progress = reload_running_;
+            const auto& st = snapshot_->config->stats.address;
+            info.stats_address = st ? format_sockaddr(*st) : "";
+            respond(control::status(*snapshot_->config, info));
+            return;
+        }
+        case control::Command::stats:
+            respond(nlohmann::json{{"ok", true}, {"stats", stats::to_json(totals())}});
+            return;
+        case control::Command::reload:
+            reload(std::move(respond));
+            return;
+        case control::Command::explain: {
+            std::string e;
+            auto args = control::parse_explain_args(request.body, e);
+            if (!args) {
+                respond(control::error_reply(e));
+                return;
+            }
+            // One reader for explain, on this thread, refreshed like a shard's (maps.dir
+            // cannot change live, so it stays valid).
+            if (!explain_maps_) {
+                explain_maps_ = std::make_unique<storage::MapReader>(
+                    snapshot_->config->maps.dir,
+                    storage::MapReader::Options{std::chrono::milliseconds(0), -1});
+            }
+            explain_maps_->refresh();
+            respond(control::explain(*snapshot_, *explain_maps_, *args));
+            return;
+        }
+    }
+    respond(control::error_reply("unknown command"));
+}
+
+void Server::reload(ReloadDone done) {
+    if (stopping_) {
+        done(control::error_reply("the daemon is shutting down; nothing changed"));
+        return;
+    }
+    reload_next_.push_back(std::move(done));
+    if (!reload_running_) {
+        start_reload();
+    }
+}
+
+void Server::start_reload() {
+    reload_running_ = true;
+    reload_current_ = std::move(reload_next_);
+    reload_next_.clear();
+    reload_started_ = std::chrono::steady_clock::now();
+    notify_.reloading();
+    auto* job = new ReloadJob;
+    job->req.data = job;
+    job->server = this;
+    job->path = snapshot_->config->path;
+    // Reading and validating maps can take a while with big maps: never on a loop.
+    uv_queue_work(&loop_, &job->req, ReloadJob::work, ReloadJob::after);
+}
+
+void Server::validated(ReloadJob& job) {
+    nlohmann::json warnings = nlohmann::json::array();
+    std::vector<std::string> errors;
+    for (const auto& d : job.diagnostics) {
+        if (d.severity == Diagnostic::Severity::error) {
+            errors.push_back(d.str());
+        } else {
+            warnings.push_back(d.str());
+            LogLine(Level::warn, "config").kv("problem", d.str());
+        }
+    }
+    if (errors.empty() && !job.loaded.ok()) {
+        errors.push_back(job.path + ": the config did not load");
+    }
+    if (stopping_) {
+        errors = {"the daemon is shutting down; nothing changed"};
+    }
+    if (!errors.empty()) {
+        reload_failed(errors, warnings);
+        return;
+    }
+    const Config& before = *snapshot_->config;
+    std::shared_ptr<const Config> config = job.loaded.config;
+    const Config& after = *config;
+    errors = control::restart_only_changes(before, after);
+    if (before.spool.dir != after.spool.dir) {
+        errors.push_back(after.path + ": spool.dir changes from " + before.spool.dir + " to " +
+                         after.spool.dir + ": the spool is open; restart sluiced to apply");
+    }
+    if (!errors.empty()) {
+        reload_failed(errors, warnings);
+        return;
+    }
+
+    // Sockets for new listeners, one per shard, all bound before anything changes.
+    auto plan = control::plan_listeners(before, after);
+    std::vector<std::vector<std::pair<std::string, int>>> added(shards_.size());
+    auto close_added = [&added] {
+        for (auto& per_shard : added) {
+            for (auto& [address, fd] : per_shard) {
+                ::close(fd);
+            }
+        }
+    };
+    for (std::size_t j : plan.added) {
+        const auto& l = after.listeners[j];
+        std::string address = format_sockaddr(l.address);
+        std::string e;
+        // A plain bind first, as at start: SO_REUSEPORT alone would share the port with
+        // another process of ours.
+        int probe = make_listen_socket(l.address, false, e);
+        if (probe >= 0) {
+            ::close(probe);
+            for (std::size_t s = 0; s < shards_.size() && e.empty(); ++s) {
+                int fd = make_listen_socket(l.address, true, e);
+                if (fd >= 0) {
+                    added[s].emplace_back(address, fd);
+                }
+            }
+        }
+        if (!e.empty()) {
+            close_added();
+            reload_failed({position(l.where) + ": listener \"" + l.name + "\": cannot listen on " +
+                           address + ": " + e},
+                          warnings);
+            return;
+        }
+    }
+    // The stats endpoint moves last: its new address is the last thing that can fail.
+    auto stats_text = [](const Config& c) { return c.stats.address ? format_sockaddr(*c.stats.address) : ""; };
+    if (stats_text(before) != stats_text(after) && after.stats.address) {
+        std::string e = listen_stats(*after.stats.address);
+        if (!e.empty()) {
+            close_added();
+            auto it = after.sources.find("stats.address");
+            reload_failed({(it == after.sources.end() ? after.path : position(it->second)) + ": stats.address: " + e},
+                          warnings);
+            return;
+        }
+    } else if (!after.stats.address && stats_) {
+        stats_->stop_listening();
+    }
+
+    // Commit: from here nothing fails.
+    auto snap = std::make_shared<Snapshot>();
+    snap->config = config;
+    snap->rules = policy::Rules::from_config(after);
+    snap->generation = snapshot_->generation + 1;
+    auto describe = [](const ListenerConfig& l) { return l.name + " (" + format_sockaddr(l.address) + ")"; };
+    nlohmann::json changed;
+    changed["keys"] = control::changed_keys(flat_config_, job.flat);
+    changed["maps"] = control::changed_maps(map_stamps_, job.stamps);
+    changed["listeners_added"] = nlohmann::json::array();
+    changed["listeners_removed"] = nlohmann::json::array();
+    changed["listeners_changed"] = nlohmann::json::array();
+    for (std::size_t j : plan.added) {
+        changed["listeners_added"].push_back(describe(after.listeners[j]));
+    }
+    for (std::size_t i : plan.removed) {
+        changed["listeners_removed"].push_back(describe(before.listeners[i]));
+    }
+    for (std::size_t j : plan.changed) {
+        changed["listeners_changed"].push_back(describe(after.listeners[j]));
+    }
+    flat_config_ = std::move(job.flat);
+    map_stamps_ = std::move(job.stamps);
+    snapshot_ = snap;
+    reload_reply_ = {{"ok", true},
+                     {"generation", snap->generation},
+                     {"changed", changed},
+                     {"warnings", warnings},
+                     {"validate_ms", job.validate_ms}};
+    switching_to_ = snap->generation;
+    switch_started_ = std::chrono::steady_clock::now();
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+        shards_[i]->post([this, snap, fds = std::move(added[i])](Shard& sh) mutable {
+            // Maps first: the new generation starts with every published map in view.
+            sh.maps().refresh();
+            sh.set_snapshot(snap, std::move(fds));
+            uv_async_send(&switched_);  // the only libuv call safe from another thread
+        });
+    }
+}
+
+void Server::shard_switched() {
+    if (switching_to_ == 0) {
+        return;
+    }
+    for (auto& s : shards_) {
+        if (s->metrics().generation.load(std::memory_order_acquire) < switching_to_) {
+            return;
+        }
+    }
+    switching_to_ = 0;
+    ++reloads_ok_;
+    double apply_ms = millis_since(switch_started_);
+    double total_ms = millis_since(reload_started_);
+    reload_reply_["apply_ms"] = apply_ms;
+    reload_reply_["total_ms"] = total_ms;
+    const auto& changed = reload_reply_["changed"];
+    LogLine(Level::info, "reload")
+        .kv("result", "ok")
+        .kv("generation", reload_reply_["generation"].get<std::uint64_t>())
+        .kv("keys", joined(changed["keys"]))
+        .kv("maps", joined(changed["maps"]))
+        .kv("listeners_added", joined(changed["listeners_added"]))
+        .kv("listeners_removed", joined(changed["listeners_removed"]))
+        .kv("validate_ms", fixed1(reload_reply_["validate_ms"].get<double>()))
+        .kv("apply_ms", fixed1(apply_ms))
+        .kv("total_ms", fixed1(total_ms));
+    complete_reload(std::move(reload_reply_));
+}
+
+void Server::reload_failed(const std::vector<std::string>& errors, const nlohmann::json& warnings) {
+    ++reloads_failed_;
+    for (const auto& e : errors) {
+        LogLine(Level::error, "config").kv("problem", e);
+    }
+    LogLine(Level::error, "reload")
+        .kv("result", "rejected")
+        .kv("generation", snapshot_->generation)
+        .kv("errors", static_cast<std::uint64_t>(errors.size()));
+    std::string summary = std::to_string(errors.size()) + (errors.size() == 1 ? " error" : " errors") +
+                          "; nothing changed, generation " + std::to_string(snapshot_->generation) +
+                          " stays in service";
+    complete_reload({{"ok", false},
+                     {"error", summary},
+                     {"errors", errors},
+                     {"warnings", warnings},
+                     {"generation", snapshot_->generation}});
+}
+
+void Server::complete_reload(nlohmann::json reply) {
+    auto waiting = std::move(reload_current_);
+    reload_current_.clear();
+    reload_running_ = false;
+    if (!stopping_) {
+        notify_.ready();  // ends the RELOADING=1 state, whatever the outcome
+    }
+    for (auto& done : waiting) {
+        done(reply);
+    }
+    if (!reload_next_.empty()) {
+        if (stopping_) {
+            auto later = std::move(reload_next_);
+            reload_next_.clear();
+            for (auto& done : later) {
+                done(control::error_reply("the daemon is shutting down; nothing changed"));
+            }
+        } else {
+            start_reload();
+        }
+    }
 }
 
 }  // namespace sluice

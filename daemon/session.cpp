@@ -57,6 +57,29 @@ std::string rfc5322_date() {
     return buf;
 }
 
+
+// Counts Received: fields in the header section (RFC 5321 §6.3 loop detection).
+std::uint32_t count_hops(std::string_view data) {
+    std::uint32_t hops = 0;
+    std::size_t pos = 0;
+    while (pos < data.size()) {
+        std::size_t eol = data.find("\r\n", pos);
+        if (eol == std::string_view::npos || eol == pos) {
+            break;  // end of data or the empty line that ends the header section
+        }
+        std::string_view line = data.substr(pos, eol - pos);
+        if (line.size() >= 9 && ascii_iequals(line.substr(0, 9), "Received:")) {
+            ++hops;
+        }
+        pos = eol + 2;
+    }
+    return hops;
+}
+
+std::string angle(std::string_view a) { return "<" + std::string(a) + ">"; }
+
+}  // namespace
+
 std::string new_message_id(int shard) {
     // Unique per host: start time, shard and a per-shard sequence, in compact base 32.
     static const std::uint64_t boot = static_cast<std::uint64_t>(std::time(nullptr));
@@ -81,30 +104,9 @@ std::string new_message_id(int shard) {
     return out + tail;
 }
 
-// Counts Received: fields in the header section (RFC 5321 §6.3 loop detection).
-std::uint32_t count_hops(std::string_view data) {
-    std::uint32_t hops = 0;
-    std::size_t pos = 0;
-    while (pos < data.size()) {
-        std::size_t eol = data.find("\r\n", pos);
-        if (eol == std::string_view::npos || eol == pos) {
-            break;  // end of data or the empty line that ends the header section
-        }
-        std::string_view line = data.substr(pos, eol - pos);
-        if (line.size() >= 9 && ascii_iequals(line.substr(0, 9), "Received:")) {
-            ++hops;
-        }
-        pos = eol + 2;
-    }
-    return hops;
-}
-
-std::string angle(std::string_view a) { return "<" + std::string(a) + ">"; }
-
-}  // namespace
-
 Session::Session(SessionParams p) : p_(std::move(p)), cfg_(*p_.snapshot->config) {
     p_.metrics->sessions_active.add(1);
+    tls_active_ = p_.tls_active;
 }
 
 Session::~Session() { p_.metrics->sessions_active.add(-1); }
@@ -115,8 +117,8 @@ policy::Facts Session::facts() const {
     f.role = p_.listener->role;
     f.client = p_.client;
     f.helo = helo_;
-    f.tls = false;
-    f.auth_user = {};
+    f.tls = tls_active_;
+    f.auth_user = auth_user_;
     return f;
 }
 
@@ -173,7 +175,8 @@ void Session::receive(std::string_view bytes, Clock::time_point now) {
 }
 
 void Session::process(std::string_view& input, Clock::time_point now) {
-    while (!input.empty() && (state_ == State::command || state_ == State::data)) {
+    while (!input.empty() &&
+           (state_ == State::command || state_ == State::data || state_ == State::auth_line)) {
         if (state_ == State::data) {
             auto r = data_->feed(input, body_);
             input.remove_prefix(r.consumed);
@@ -216,7 +219,22 @@ void Session::process(std::string_view& input, Clock::time_point now) {
             case LineScanner::Status::line:
                 line_started_.reset();
                 input.remove_prefix(r.consumed);
+                if (state_ == State::auth_line) {
+                    on_auth_line(r.line);
+                    continue;
+                }
                 handle_line(r.line.empty() ? std::string_view{} : r.line, !input.empty(), now);
+                if (state_ == State::starttls) {
+                    // RFC 3207 §4.2, CVE-2011-0411: nothing sent before the handshake may
+                    // be read as if it came through TLS.
+                    if (!input.empty()) {
+                        LogLine(Level::warn, "starttls_injection", p_.shard, p_.id)
+                            .kv("client", format_ip(p_.client))
+                            .kv("discarded", static_cast<std::uint64_t>(input.size()));
+                    }
+                    input = {};
+                    return;
+                }
                 // `r.line` points into `input`'s storage, still valid here.
                 continue;
         }
@@ -247,6 +265,12 @@ void Session::handle_line(std::string_view line, bool more_input, Clock::time_po
     }
     if (c.has_8bit && c.verb != Verb::mail && c.verb != Verb::rcpt) {
         reply(Reply::invalid_character);
+        return;
+    }
+    if (p_.listener->tls == TlsMode::required && !tls_active_ &&
+        (c.verb == Verb::mail || c.verb == Verb::rcpt || c.verb == Verb::data ||
+         c.verb == Verb::vrfy || c.verb == Verb::expn)) {
+        reply(Reply::tls_required);  // RFC 3207 §4
         return;
     }
     switch (c.verb) {
@@ -302,7 +326,11 @@ void Session::handle_line(std::string_view line, bool more_input, Clock::time_po
             reply(Reply::help);
             return;
         case Verb::starttls:
+            on_starttls(c, more_input);
+            return;
         case Verb::auth:
+            on_auth(c);
+            return;
         case Verb::bdat:
             // Not advertised on this listener (RFC 3207 §4, RFC 4954 §4, RFC 3030 §2).
             reply(Reply::not_implemented);
@@ -334,6 +362,12 @@ void Session::on_ehlo(const Command& c, bool extended) {
     lines.push_back("8BITMIME");                                           // RFC 6152
     lines.push_back("ENHANCEDSTATUSCODES");                                // RFC 2034
     lines.push_back("SMTPUTF8");                                           // RFC 6531
+    if (p_.tls_available && !tls_active_) {
+        lines.push_back("STARTTLS");                                       // RFC 3207
+    }
+    if (auth_offered()) {
+        lines.push_back("AUTH " + std::string(sasl::kMechanisms));         // RFC 4954
+    }
     append_multiline(out_, Reply::ehlo, lines);
 }
 
@@ -349,6 +383,11 @@ void Session::on_mail(const Command& c) {
     if (draining_) {
         reply(Reply::shutting_down);
         close("shutdown");
+        return;
+    }
+    if (p_.hooks->admission() != storage::CommitStatus::ok) {
+        // The spool is (nearly) full: refuse now rather than after the client sent DATA.
+        reply(Reply::insufficient_storage);
         return;
     }
     if (!c.syntax_ok || c.arg.empty() || c.arg.front() != '<') {
@@ -369,6 +408,11 @@ void Session::on_mail(const Command& c) {
         default: reply(Reply::sender_too_long); return;
     }
     Transaction tx;
+    if (p_.listener->sender_login_match && !auth_user_.empty() &&
+        !p_.hooks->sender_allowed(auth_user_, parsed.address.str())) {
+        reply(Reply::sender_not_owned);  // a stolen password cannot send as anyone
+        return;
+    }
     for (const auto& prm : params) {
         if (prm.keyword == "SIZE" && prm.has_value && esmtp_) {
             std::uint64_t n = 0;
@@ -396,6 +440,8 @@ void Session::on_mail(const Command& c) {
             }
         } else if (prm.keyword == "SMTPUTF8" && !prm.has_value && esmtp_) {
             tx.smtputf8 = true;
+        } else if (prm.keyword == "AUTH" && prm.has_value && esmtp_ && auth_offered()) {
+            // RFC 4954 §5: the original submitter; we record our own login instead.
         } else {
             reply(Reply::unknown_parameter, prm.keyword);
             return;
@@ -510,10 +556,19 @@ void Session::on_data(Clock::time_point now) {
 std::string Session::received_header() const {
     // RFC 5321 §4.4 time stamp line; protocol names of RFC 3848 and RFC 6531 §3.7.3.
     std::string proto = tx_.smtputf8 ? "UTF8SMTP" : esmtp_ ? "ESMTP" : "SMTP";
+    if (esmtp_ && tls_active_) {
+        proto += "S";
+    }
+    if (esmtp_ && !auth_user_.empty()) {
+        proto += "A";
+    }
     std::string ip = format_ip(p_.client);
     std::string h = "Received: from " + helo_ + " (" + (p_.client.v4 ? "[" + ip + "]" : "[IPv6:" + ip + "]") +
-                    ")\r\n\tby " + cfg_.server.hostname + " (Sluice) with " + proto + " id " +
-                    "%ID%";
+                    ")\r\n\t" + (auth_user_.empty() ? "" : "(authenticated as " + auth_user_ + ")\r\n\t") +
+                    "by " + cfg_.server.hostname + " (Sluice) with " + proto + " id " + "%ID%";
+    if (tls_active_) {
+        h += "\r\n\t(" + tls_version_ + " " + tls_cipher_ + ")";
+    }
     if (tx_.recipients.size() == 1) {
         h += "\r\n\tfor <" + tx_.recipients.front().address + ">";
     }
@@ -561,6 +616,7 @@ void Session::end_of_data(Clock::time_point now) {
     msg->client = format_ip(p_.client);
     msg->helo = helo_;
     msg->listener = p_.listener->name;
+    msg->auth_user = auth_user_;
     msg->received_at = std::chrono::system_clock::now();
     data_.reset();
     state_ = State::committing;
@@ -629,7 +685,15 @@ void Session::tick(Clock::time_point now) {
             }
             return;
         }
+        case State::starttls:
+        case State::auth_line:
+            if (now - last_input_ >= cfg_.limits.command_timeout) {
+                reply(Reply::timeout);
+                close("timeout");
+            }
+            return;
         case State::committing:
+        case State::authenticating:
         case State::closed:
             return;
     }
@@ -637,7 +701,8 @@ void Session::tick(Clock::time_point now) {
 
 void Session::shutdown() {
     draining_ = true;
-    if (state_ == State::command || state_ == State::greeting_delay) {
+    if (state_ == State::command || state_ == State::greeting_delay ||
+        state_ == State::auth_line || state_ == State::starttls) {
         reply(Reply::shutting_down);
         close("shutdown");
     }
@@ -646,6 +711,134 @@ void Session::shutdown() {
 void Session::peer_closed(std::string_view why) {
     if (state_ != State::closed) {
         close(why);
+    }
+}
+
+bool Session::auth_offered() const {
+    // RFC 4954 §4 and the seeds: AUTH on submission listeners only, and only under TLS
+    // unless the listener explicitly allows plaintext (config: loopback addresses only).
+    return p_.listener->role == Role::submission &&
+           (tls_active_ || p_.listener->auth_without_tls);
+}
+
+void Session::on_starttls(const Command& c, bool more_input) {
+    (void)more_input;
+    if (tls_active_) {
+        reply(Reply::tls_already_active);
+        return;
+    }
+    if (!p_.tls_available) {
+        reply(Reply::not_implemented);  // not advertised (RFC 3207 §4)
+        return;
+    }
+    if (!c.arg.empty()) {
+        reply(Reply::syntax_params);
+        return;
+    }
+    reply(Reply::starttls_ready);
+    state_ = State::starttls;
+}
+
+void Session::tls_started(std::string_view version, std::string_view cipher) {
+    if (state_ != State::starttls && !(tls_active_ && state_ == State::command)) {
+        return;
+    }
+    // RFC 3207 §4.2: forget everything learned before TLS, the client starts over with EHLO.
+    reset_transaction();
+    helo_.clear();
+    esmtp_ = false;
+    auth_user_.clear();
+    tls_active_ = true;
+    tls_version_ = std::string(version);
+    tls_cipher_ = std::string(cipher);
+    if (state_ == State::starttls) {
+        state_ = State::command;
+    }
+}
+
+void Session::on_auth(const Command& c) {
+    if (!auth_offered()) {
+        if (p_.listener->role == Role::submission && !tls_active_) {
+            reply(Reply::auth_needs_tls);  // RFC 4954 §4: 538 5.7.11
+        } else {
+            reply(Reply::not_implemented);
+        }
+        return;
+    }
+    if (helo_.empty() || !esmtp_) {
+        reply(Reply::need_helo);
+        return;
+    }
+    if (!auth_user_.empty() || tx_.sender) {
+        reply(Reply::auth_in_transaction);  // RFC 4954 §4: 503 5.5.1
+        return;
+    }
+    auth_step(sasl_.start(c.arg));
+}
+
+void Session::on_auth_line(std::string_view line) {
+    auth_step(sasl_.respond(line));
+}
+
+void Session::auth_step(const sasl::Step& step) {
+    switch (step.kind) {
+        case sasl::Step::Kind::challenge:
+            state_ = State::auth_line;
+            reply(Reply::auth_challenge, step.challenge);
+            return;
+        case sasl::Step::Kind::error:
+            state_ = State::command;
+            p_.metrics->auth[static_cast<int>(AuthResult::aborted)].add();
+            LogLine(Level::info, "auth", p_.shard, p_.id)
+                .kv("client", format_ip(p_.client))
+                .kv("result", "aborted")
+                .kv("reason", step.reason);
+            reply(step.reply);
+            return;
+        case sasl::Step::Kind::done:
+            state_ = State::authenticating;
+            auth_pending_user_ = step.credentials.user;
+            p_.hooks->authenticate(step.credentials);
+            return;
+    }
+}
+
+void Session::auth_done(AuthOutcome outcome, Clock::time_point now) {
+    if (state_ != State::authenticating) {
+        return;
+    }
+    state_ = State::command;
+    last_input_ = now;
+    const char* result = outcome == AuthOutcome::ok          ? "ok"
+                         : outcome == AuthOutcome::throttled ? "throttled"
+                         : outcome == AuthOutcome::failed    ? "failed"
+                                                             : "unavailable";
+    p_.metrics->auth[static_cast<int>(outcome == AuthOutcome::ok ? AuthResult::ok : AuthResult::failed)].add();
+    LogLine(Level::info, "auth", p_.shard, p_.id)
+        .kv("client", format_ip(p_.client))
+        .kv("user", auth_pending_user_)
+        .kv("result", result);
+    switch (outcome) {
+        case AuthOutcome::ok:
+            auth_user_ = auth_pending_user_;
+            reply(Reply::auth_ok);
+            break;
+        case AuthOutcome::failed:
+            reply(Reply::auth_failed);
+            break;
+        case AuthOutcome::throttled:
+            reply(Reply::auth_throttled);
+            close("auth_throttled");
+            break;
+        case AuthOutcome::unavailable:
+            reply(Reply::auth_unavailable);
+            break;
+    }
+    auth_pending_user_.clear();
+    if (state_ == State::command && !in_.empty()) {
+        std::string_view view = in_;
+        process(view, now);
+        in_.erase(0, in_.size() - view.size());
     }
 }
 

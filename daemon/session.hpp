@@ -26,6 +26,7 @@
 #include "common/reply.hpp"
 #include "daemon/data_reader.hpp"
 #include "daemon/metrics.hpp"
+#include "daemon/sasl.hpp"
 #include "daemon/smtp_parser.hpp"
 #include "policy/address.hpp"
 #include "policy/maps.hpp"
@@ -34,11 +35,17 @@
 
 namespace sluice {
 
+namespace tls {
+class TlsServerConfig;
+}
+
 // An immutable configuration generation: sessions keep the one they started with.
 struct Snapshot {
     std::shared_ptr<const Config> config;
     policy::Rules rules;
     std::uint64_t generation = 0;
+    // The certificate and key of this generation (null when no listener uses TLS).
+    std::shared_ptr<const tls::TlsServerConfig> tls;
 };
 
 namespace smtp {
@@ -54,7 +61,23 @@ public:
     // Whether this build can deliver through `t` (checked at RCPT, so mail is never
     // accepted for a transport that cannot take it).
     virtual bool transport_available(const Transport& t) const = 0;
+    // Whether storage takes new mail now (checked at MAIL: 452 4.3.1 when it does not).
+    virtual storage::CommitStatus admission() const { return storage::CommitStatus::ok; }
+    // Checks credentials (throttling, the users map, the slow hash off the loop). The
+    // session waits in `authenticating` until the owner calls Session::auth_done.
+    virtual void authenticate(const sasl::Credentials& creds) { (void)creds; }
+    // sender_login_match: may `user` send as `sender` (users map entry)?
+    virtual bool sender_allowed(std::string_view user, std::string_view sender) const {
+        (void)user;
+        (void)sender;
+        return false;
+    }
 };
+
+enum class AuthOutcome : std::uint8_t { ok, failed, throttled, unavailable };
+
+// A queue id unique on this host: start time, shard and a per-shard sequence.
+std::string new_message_id(int shard);
 
 struct SessionParams {
     std::shared_ptr<const Snapshot> snapshot;
@@ -68,11 +91,15 @@ struct SessionParams {
     int shard = 0;
     std::string id;              // session id for logs
     Millis greeting_delay{0};    // hold the greeting; input before it is an early talker
+    bool tls_available = false;  // STARTTLS can be offered (listener mode and a certificate)
+    bool tls_active = false;     // implicit TLS: the session starts encrypted
 };
 
 class Session {
 public:
-    enum class State : std::uint8_t { greeting_delay, command, data, committing, closed };
+    enum class State : std::uint8_t {
+        greeting_delay, command, data, committing, starttls, auth_line, authenticating, closed
+    };
 
     explicit Session(SessionParams p);
     Session(const Session&) = delete;
@@ -92,6 +119,13 @@ public:
     void shutdown();
     // The peer closed or the socket failed.
     void peer_closed(std::string_view why);
+    // After "220 Ready to start TLS" the owner runs the handshake (tls_requested() is
+    // true until then) and reports it done: every piece of session state is reset
+    // (RFC 3207 §4.2). A failed handshake is peer_closed().
+    bool tls_requested() const { return state_ == State::starttls; }
+    void tls_started(std::string_view version, std::string_view cipher);
+    // The outcome of SessionHooks::authenticate.
+    void auth_done(AuthOutcome outcome, Clock::time_point now);
 
     std::string& output() { return out_; }
     bool closed() const { return state_ == State::closed; }
@@ -116,6 +150,11 @@ private:
     void on_mail(const smtp::Command& c);
     void on_rcpt(const smtp::Command& c);
     void on_data(Clock::time_point now);
+    void on_starttls(const smtp::Command& c, bool more_input);
+    void on_auth(const smtp::Command& c);
+    void on_auth_line(std::string_view line);
+    void auth_step(const sasl::Step& step);
+    bool auth_offered() const;
     void end_of_data(Clock::time_point now);
     std::string received_header() const;
     void reset_transaction();
@@ -137,6 +176,12 @@ private:
     Transaction tx_;
     std::string helo_;
     bool esmtp_ = false;
+    bool tls_active_ = false;
+    std::string tls_version_;
+    std::string tls_cipher_;
+    std::string auth_user_;
+    std::string auth_pending_user_;
+    sasl::SaslExchange sasl_;
     bool draining_ = false;
     std::uint32_t errors_ = 0;
     std::string close_reason_;

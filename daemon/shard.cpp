@@ -1,6 +1,9 @@
 #include "daemon/shard.hpp"
 
 #include <pthread.h>
+#include <unistd.h>
+
+#include <optional>
 
 #include "common/log.hpp"
 #include "daemon/connection.hpp"
@@ -23,11 +26,26 @@ Shard::Shard(ShardOptions o)
       listener_fds_(std::move(o.listener_fds)),
       limiter_(o.limiter),
       maps_(std::move(o.maps)),
-      read_buffer_(kReadBuffer) {}
+      spool_(o.spool),
+      auth_throttle_(o.auth_throttle),
+      read_buffer_(kReadBuffer) {
+    std::vector<std::string> names;
+    for (const auto& l : snapshot_->config->listeners) {
+        names.push_back(l.name);
+    }
+    metrics_.rebind_listeners(names);
+    metrics_.generation.store(snapshot_->generation, std::memory_order_relaxed);
+}
 
 Shard::~Shard() { join(); }
 
 void Shard::start() {
+    // The loop and its async handle exist before the thread does, so post() is safe from
+    // the moment start() returns.
+    uv_loop_init(&loop_);
+    loop_.data = this;
+    async_.data = this;
+    uv_async_init(&loop_, &async_, on_async);
     thread_ = std::thread([this] { run(); });
 }
 
@@ -50,18 +68,17 @@ void Shard::run() {
     std::string name = "sluice-shard" + std::to_string(index_);
     pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
 
-    uv_loop_init(&loop_);
-    loop_.data = this;
-    async_.data = this;
     tick_.data = this;
     grace_.data = this;
-    uv_async_init(&loop_, &async_, on_async);
     uv_timer_init(&loop_, &tick_);
     uv_timer_init(&loop_, &grace_);
     uv_timer_start(&tick_, on_tick, kTickMs, kTickMs);
     // Log lines of one loop iteration go out in one write (common/log.hpp).
     set_thread_log_batching(true);
     local_delivery_ = std::make_unique<LocalDelivery>(&loop_, index_, &metrics_);
+    if (spool_ != nullptr) {
+        outbound_ = std::make_unique<Outbound>(*this, *spool_);
+    }
     prepare_.data = this;
     uv_prepare_init(&loop_, &prepare_);
     uv_prepare_start(&prepare_, [](uv_prepare_t* p) {
@@ -71,21 +88,10 @@ void Shard::run() {
     });
 
     for (std::size_t i = 0; i < listener_fds_.size(); ++i) {
-        auto l = std::make_unique<Listener>();
-        l->shard = this;
-        l->index = i;
-        uv_tcp_init(&loop_, &l->handle);
-        l->handle.data = l.get();
-        int rc = uv_tcp_open(&l->handle, listener_fds_[i]);
-        if (rc == 0) {
-            rc = uv_listen(reinterpret_cast<uv_stream_t*>(&l->handle), 1024, on_connection);
-        }
-        if (rc != 0) {
-            LogLine(Level::error, "listen_failed", index_).kv("error", uv_strerror(rc));
-        }
-        listeners_.push_back(std::move(l));
+        open_listener(i, format_sockaddr(snapshot_->config->listeners[i].address), listener_fds_[i]);
     }
     uv_run(&loop_, UV_RUN_DEFAULT);
+    outbound_.reset();
     set_thread_log_batching(false);
     // Every handle is closed by now; uv_loop_close verifies it.
     int rc = uv_loop_close(&loop_);
@@ -116,6 +122,9 @@ void Shard::on_tick(uv_timer_t* t) {
     }
     static_assert(kMapRefreshTicks >= 1);
     self->maps_->refresh();
+    if (self->outbound_) {
+        self->outbound_->tick(std::chrono::system_clock::now());
+    }
 }
 
 void Shard::on_connection(uv_stream_t* server, int status) {
@@ -147,6 +156,69 @@ void Shard::work_finished() {
     maybe_finish();
 }
 
+void Shard::open_listener(std::size_t index, std::string address, int fd) {
+    auto l = std::make_unique<Listener>();
+    l->shard = this;
+    l->index = index;
+    l->address = std::move(address);
+    uv_tcp_init(&loop_, &l->handle);
+    l->handle.data = l.get();
+    int rc = uv_tcp_open(&l->handle, fd);
+    if (rc == 0) {
+        rc = uv_listen(reinterpret_cast<uv_stream_t*>(&l->handle), 1024, on_connection);
+    }
+    if (rc != 0) {
+        LogLine(Level::error, "listen_failed", index_).kv("address", l->address).kv("error", uv_strerror(rc));
+    }
+    listeners_.push_back(std::move(l));
+}
+
+void Shard::set_snapshot(std::shared_ptr<const Snapshot> s,
+                         std::vector<std::pair<std::string, int>> added) {
+    const auto& wanted = s->config->listeners;
+    auto position = [&wanted](const std::string& address) -> std::optional<std::size_t> {
+        for (std::size_t i = 0; i < wanted.size(); ++i) {
+            if (format_sockaddr(wanted[i].address) == address) {
+                return i;
+            }
+        }
+        return std::nullopt;
+    };
+    if (draining_) {
+        // drain() closed every listener already; new sockets are not wanted.
+        for (auto& [address, fd] : added) {
+            ::close(fd);
+        }
+    } else {
+        std::vector<std::unique_ptr<Listener>> keep;
+        for (auto& l : listeners_) {
+            if (auto i = position(l->address)) {
+                l->index = *i;
+                keep.push_back(std::move(l));
+                continue;
+            }
+            // Removed from the config: the handle frees its Listener when it is closed.
+            uv_close(reinterpret_cast<uv_handle_t*>(&l.release()->handle),
+                     [](uv_handle_t* h) { delete static_cast<Listener*>(h->data); });
+        }
+        listeners_ = std::move(keep);
+        for (auto& [address, fd] : added) {
+            if (auto i = position(address)) {
+                open_listener(*i, address, fd);
+            } else {
+                ::close(fd);
+            }
+        }
+    }
+    std::vector<std::string> names;
+    for (const auto& l : wanted) {
+        names.push_back(l.name);
+    }
+    metrics_.rebind_listeners(names);
+    metrics_.generation.store(s->generation, std::memory_order_relaxed);
+    snapshot_ = std::move(s);
+}
+
 void Shard::drain(Millis grace) {
     if (draining_) {
         return;
@@ -159,6 +231,9 @@ void Shard::drain(Millis grace) {
     auto conns = connections_;
     for (auto* c : conns) {
         c->shutdown();
+    }
+    if (outbound_) {
+        outbound_->drain();
     }
     uv_timer_start(
         &grace_,

@@ -18,6 +18,7 @@
 
 #include "daemon/limiter.hpp"
 #include "daemon/local_delivery.hpp"
+#include "daemon/outbound.hpp"
 #include "daemon/metrics.hpp"
 #include "daemon/session.hpp"
 #include "policy/maps.hpp"
@@ -25,6 +26,9 @@
 namespace sluice {
 
 class Connection;
+namespace auth {
+class AuthThrottle;
+}
 
 // The maps a shard reads, plus the periodic check for a newly published generation.
 class ShardMaps : public policy::Maps {
@@ -38,6 +42,8 @@ struct ShardOptions {
     std::vector<int> listener_fds;  // one per snapshot->config->listeners entry, same order
     ConnectionLimiter* limiter = nullptr;
     std::unique_ptr<ShardMaps> maps;
+    storage::Spool* spool = nullptr;  // process-wide; outlives the shard
+    auth::AuthThrottle* auth_throttle = nullptr;  // process-wide, thread-safe
 };
 
 class Shard {
@@ -53,8 +59,21 @@ public:
     // Thread-safe: runs `fn` on the shard's loop thread at the next safe point.
     void post(std::function<void(Shard&)> fn);
 
+    // Thread-safe: the shard has drained and closed its own handles (its loop is ending).
+    bool finished() {
+        std::lock_guard lock(mu_);
+        return finished_;
+    }
+
     // Loop-thread only.
-    void set_snapshot(std::shared_ptr<const Snapshot> s) { snapshot_ = std::move(s); }
+    // Switches new sessions to `s` (sessions in progress keep theirs). The listeners follow
+    // s's config: a listener whose address is still there keeps its socket (and the
+    // connections queued on it), one whose address is gone is closed, and each of `added`
+    // (address as format_sockaddr prints it -> a bound SO_REUSEPORT socket made by the
+    // server) starts listening. Listener indexes become positions in s's config, and the
+    // per-listener counters follow their names (ShardMetrics::rebind_listeners).
+    void set_snapshot(std::shared_ptr<const Snapshot> s,
+                      std::vector<std::pair<std::string, int>> added = {});
     void drain(Millis grace);  // stop accepting, 421 idle sessions, finish DATA in flight
     const std::shared_ptr<const Snapshot>& snapshot() const { return snapshot_; }
     uv_loop_t* loop() { return &loop_; }
@@ -63,6 +82,9 @@ public:
     ShardMaps& maps() { return *maps_; }
     ConnectionLimiter& limiter() { return *limiter_; }
     LocalDelivery& local_delivery() { return *local_delivery_; }
+    Outbound* outbound() { return outbound_.get(); }
+    storage::Spool* spool() { return spool_; }
+    auth::AuthThrottle* auth_throttle() { return auth_throttle_; }
     char* read_buffer() { return read_buffer_.data(); }
     std::size_t read_buffer_size() const { return read_buffer_.size(); }
 
@@ -77,7 +99,10 @@ private:
         uv_tcp_t handle;
         Shard* shard;
         std::size_t index;
+        std::string address;  // format_sockaddr: what identifies it across reloads
     };
+
+    void open_listener(std::size_t index, std::string address, int fd);
 
     void run();
     static void on_async(uv_async_t* a);
@@ -97,6 +122,9 @@ private:
     uv_timer_t grace_{};
     uv_prepare_t prepare_{};  // before each poll: start the commit batch, write the log lines
     std::unique_ptr<LocalDelivery> local_delivery_;
+    storage::Spool* spool_;
+    auth::AuthThrottle* auth_throttle_;
+    std::unique_ptr<Outbound> outbound_;  // forwarding from the spool (null without one)
     std::vector<std::unique_ptr<Listener>> listeners_;
     std::vector<Connection*> connections_;  // unordered; index kept in each Connection
     std::vector<char> read_buffer_;         // one per loop: reads are consumed synchronously

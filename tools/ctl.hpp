@@ -42,5 +42,13 @@ int cmd_map(const Args& args, const Options& opts);
 int cmd_relay_test(const Args& args, const Options& opts);
 int cmd_log_report(const Args& args, const Options& opts);
 int cmd_check(const Args& args, const Options& opts);
+// Asking the running daemon over its control socket (tools/cmd_control.cpp).
+int cmd_reload(const Args& args, const Options& opts);
+int cmd_status(const Args& args, const Options& opts);
+int cmd_stats(const Args& args, const Options& opts);
+int cmd_explain(const Args& args, const Options& opts);
+int cmd_user(const Args& args, const Options& opts);
+// The spool, offline (tools/cmd_queue.cpp).
+int cmd_queue(const Args& args, const Options& opts);
 
 }  // namespace sluice::ctl

@@ -31,6 +31,12 @@ namespace {
 // clang-format off
 const Command commands[] = {
     // One row per command; each defined in its own tools/cmd_*.cpp.
+    {"reload", "reload", "re-read config and maps in the running daemon, all or nothing",
+     cmd_reload},
+    {"status", "status", "version, uptime, generation, listeners, sessions, queue", cmd_status},
+    {"stats", "stats [--json]", "the daemon's counters (the numbers of /metrics)", cmd_stats},
+    {"explain", "explain --client IP [--auth USER] [--helo NAME] --from ADDR --to ADDR [--listener NAME]",
+     "run the live policy on one envelope: decision, code, rule, source", cmd_explain},
     {"map", "map build NAME SOURCE | map add NAME KEY [VALUE] | map del NAME KEY | map get NAME KEY | map list NAME",
      "build, edit and query the LMDB maps (published atomically)", cmd_map},
     {"check", "check [--json]", "lint config and maps for open-relay risks", cmd_check},
@@ -39,6 +45,10 @@ const Command commands[] = {
      cmd_relay_test},
     {"log-report", "log-report [--since T] [--until T] [--code C] [--json] [FILE...]",
      "summarise the decision log: codes, denied attempts, weak grants", cmd_log_report},
+    {"user", "user add NAME [--senders ADDR,...] | user passwd NAME | user del NAME",
+     "manage SMTP AUTH users (password read from stdin, stored hashed)", cmd_user},
+    {"queue", "queue list | show ID | delete ID | hold ID | release ID | flush | purge FILTER... [--dry-run]",
+     "the spool: list, inspect, hold, delete, purge (offline while the daemon is stopped)", cmd_queue},
 };
 // clang-format on
 

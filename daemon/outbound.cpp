@@ -1,0 +1,614 @@
+#include "daemon/outbound.hpp"
+
+#include <algorithm>
+
+#include "common/log.hpp"
+#include "daemon/dsn.hpp"
+#include "daemon/session.hpp"
+#include "daemon/shard.hpp"
+
+namespace sluice {
+namespace {
+
+// Messages waiting for a connection to one next hop before new ones wait on disk instead.
+constexpr std::size_t kMaxQueuedPerHop = 2000;
+// Read buffer of one outbound connection (there are few of them).
+constexpr std::size_t kLinkBuffer = 16 * 1024;
+
+std::string hop_key(const Transport& t) {
+    return t.kind == Transport::Kind::maildir ? "maildir:" + t.path
+                                              : t.host + ":" + std::to_string(t.port);
+}
+
+std::string angle(std::string_view a) { return "<" + std::string(a) + ">"; }
+
+}  // namespace
+
+// One outbound SMTP connection to a next hop: libuv handles around the pure client.
+class Outbound::Link {
+public:
+    Link(Outbound& ob, Hop& hop) : ob_(ob), hop_(hop), client_(options(ob)) {}
+
+    static smtp::Client::Options options(Outbound& ob) {
+        smtp::Client::Options o;
+        o.helo = ob.shard_.snapshot()->config->server.hostname;
+        return o;
+    }
+
+    void open() {
+        uv_timer_init(ob_.shard_.loop(), &timer_);
+        timer_.data = this;
+        ++handles_;
+        arm(client_.current_timeout().count() > 0 ? client_.current_timeout()
+                                                  : std::chrono::seconds(30));
+        auto ip = parse_ip(hop_.transport.host);
+        if (ip) {
+            std::string e;
+            auto sa = parse_sockaddr((ip->v4 ? hop_.transport.host : "[" + hop_.transport.host + "]") +
+                                         ":" + std::to_string(hop_.transport.port),
+                                     e);
+            connect_to(reinterpret_cast<const sockaddr*>(&sa->storage));
+            return;
+        }
+        gai_.data = this;
+        resolving_ = true;
+        addrinfo hints{};
+        hints.ai_socktype = SOCK_STREAM;
+        int rc = uv_getaddrinfo(ob_.shard_.loop(), &gai_, on_resolved, hop_.transport.host.c_str(),
+                                std::to_string(hop_.transport.port).c_str(), &hints);
+        if (rc != 0) {
+            resolving_ = false;
+            fail(std::string("resolve: ") + uv_strerror(rc));
+        }
+    }
+
+    // Gives the next queued message to the client when it can take one.
+    void feed() {
+        while (!job_ && !closing_ && !ob_.draining_ && !hop_.queue.empty() &&
+               (client_.state() == smtp::Client::State::connecting || client_.reusable())) {
+            job_ = std::move(hop_.queue.front());
+            hop_.queue.pop_front();
+            smtp::OutboundMessage m;
+            m.sender = job_->msg->sender;
+            for (auto i : job_->rcpts) {
+                m.recipients.push_back(job_->msg->recipients[i].address);
+            }
+            m.data = job_->msg->data;
+            if (!client_.send_message(m)) {
+                hop_.queue.push_front(std::move(*job_));
+                job_.reset();
+                return;
+            }
+            collect();
+        }
+    }
+
+    void close() {
+        if (closing_) {
+            return;
+        }
+        closing_ = true;
+        if (job_) {
+            // Still queued on disk: it is retried after the restart or by the next load.
+            job_.reset();
+        }
+        if (resolving_) {
+            uv_cancel(reinterpret_cast<uv_req_t*>(&gai_));
+        }
+        uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_close);
+        if (tcp_init_) {
+            uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), on_close);
+        }
+    }
+
+    bool idle() const { return !job_ && client_.reusable(); }
+
+    // After every event: results out, next message in, output written, timer re-armed.
+    void step() {
+        if (closing_) {
+            return;
+        }
+        collect();
+        feed();
+        flush();
+        if (client_.finished()) {
+            if (!client_.close_reason().empty() && reason_.empty()) {
+                reason_ = client_.close_reason();
+            }
+            close();
+            return;
+        }
+        arm(client_.current_timeout());
+    }
+
+private:
+    void arm(Millis t) {
+        if (!closing_) {
+            uv_timer_start(&timer_, on_timer, static_cast<std::uint64_t>(std::max<std::int64_t>(t.count(), 1)), 0);
+        }
+    }
+
+    void connect_to(const sockaddr* sa) {
+        uv_tcp_init(ob_.shard_.loop(), &tcp_);
+        tcp_.data = this;
+        tcp_init_ = true;
+        ++handles_;
+        creq_.data = this;
+        int rc = uv_tcp_connect(&creq_, &tcp_, sa, on_connect);
+        if (rc != 0) {
+            fail(std::string("connect: ") + uv_strerror(rc));
+        }
+    }
+
+    void fail(std::string why) {
+        reason_ = std::move(why);
+        client_.connection_lost();
+        step();
+    }
+
+    void collect() {
+        while (client_.transaction_done()) {
+            auto results = client_.take_results();
+            if (job_) {
+                Job job = std::move(*job_);
+                job_.reset();
+                ob_.finished(job, results, hop_.key);
+            }
+        }
+    }
+
+    void flush() {
+        if (!connected_ || write_in_flight_ || client_.output().empty()) {
+            return;
+        }
+        writing_ = client_.take_output();
+        write_in_flight_ = true;
+        wreq_.data = this;
+        uv_buf_t b = uv_buf_init(writing_.data(), static_cast<unsigned>(writing_.size()));
+        uv_write(&wreq_, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1, on_write);
+    }
+
+    static void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
+        auto* self = static_cast<Link*>(req->data);
+        self->resolving_ = false;
+        if (self->closing_) {
+            uv_freeaddrinfo(res);
+            return;
+        }
+        if (status != 0 || res == nullptr) {
+            uv_freeaddrinfo(res);
+            self->fail(std::string("resolve: ") + uv_strerror(status));
+            return;
+        }
+        self->connect_to(res->ai_addr);
+        uv_freeaddrinfo(res);
+    }
+
+    static void on_connect(uv_connect_t* req, int status) {
+        auto* self = static_cast<Link*>(req->data);
+        if (self->closing_) {
+            return;
+        }
+        if (status != 0) {
+            self->fail(std::string("connect: ") + uv_strerror(status));
+            return;
+        }
+        self->connected_ = true;
+        uv_tcp_nodelay(&self->tcp_, 1);
+        self->client_.connected();
+        uv_read_start(reinterpret_cast<uv_stream_t*>(&self->tcp_), on_alloc, on_read);
+        self->step();
+    }
+
+    static void on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
+        auto* self = static_cast<Link*>(h->data);
+        buf->base = self->buf_;
+        buf->len = sizeof self->buf_;
+    }
+
+    static void on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+        auto* self = static_cast<Link*>(s->data);
+        if (n == 0 || self->closing_) {
+            return;
+        }
+        if (n < 0) {
+            self->fail(n == UV_EOF ? "closed by next hop" : uv_err_name(static_cast<int>(n)));
+            return;
+        }
+        self->client_.receive(std::string_view(buf->base, static_cast<std::size_t>(n)));
+        self->step();
+    }
+
+    static void on_write(uv_write_t* req, int status) {
+        auto* self = static_cast<Link*>(req->data);
+        self->write_in_flight_ = false;
+        self->writing_.clear();
+        if (self->closing_) {
+            return;
+        }
+        if (status < 0) {
+            self->fail(std::string("write: ") + uv_strerror(status));
+            return;
+        }
+        self->client_.output_drained();
+        self->step();
+    }
+
+    static void on_timer(uv_timer_t* t) {
+        auto* self = static_cast<Link*>(t->data);
+        if (self->closing_) {
+            return;
+        }
+        if (!self->connected_ && self->reason_.empty()) {
+            self->reason_ = "connect timeout";
+        }
+        self->client_.timed_out();
+        self->step();
+    }
+
+    static void on_close(uv_handle_t* h) {
+        auto* self = static_cast<Link*>(h->data);
+        if (--self->handles_ == 0) {
+            Outbound& ob = self->ob_;
+            ob.link_closed(self);
+        }
+    }
+
+    Outbound& ob_;
+    Hop& hop_;
+    smtp::Client client_;
+    std::optional<Job> job_;
+    uv_tcp_t tcp_{};
+    uv_connect_t creq_{};
+    uv_getaddrinfo_t gai_{};
+    uv_timer_t timer_{};
+    uv_write_t wreq_{};
+    std::string writing_;
+    std::string reason_;
+    char buf_[kLinkBuffer];
+    int handles_ = 0;
+    bool tcp_init_ = false;
+    bool connected_ = false;
+    bool resolving_ = false;
+    bool write_in_flight_ = false;
+    bool closing_ = false;
+};
+
+Outbound::Outbound(Shard& shard, storage::Spool& spool) : shard_(shard), spool_(spool) {}
+
+Outbound::~Outbound() = default;
+
+void Outbound::start(std::shared_ptr<const storage::Message> msg, std::string session_id) {
+    std::vector<std::size_t> all(msg->recipients.size());
+    for (std::size_t i = 0; i < all.size(); ++i) {
+        all[i] = i;
+    }
+    route(msg, all, std::vector<unsigned>(all.size(), 0), session_id);
+}
+
+void Outbound::route(const std::shared_ptr<const storage::Message>& msg,
+                     const std::vector<std::size_t>& rcpts, const std::vector<unsigned>& attempts,
+                     const std::string& session) {
+    if (draining_) {
+        return;  // durable already: picked up again after the restart
+    }
+    std::map<std::string, Job> by_hop;
+    for (std::size_t k = 0; k < rcpts.size(); ++k) {
+        const auto& t = msg->recipients[rcpts[k]].transport;
+        auto& job = by_hop[hop_key(t)];
+        job.msg = msg;
+        job.rcpts.push_back(rcpts[k]);
+        job.attempts.push_back(attempts[k]);
+        job.session = session;
+    }
+    for (auto& [key, job] : by_hop) {
+        ++active_[msg->id];
+        const auto& t = msg->recipients[job.rcpts.front()].transport;
+        if (t.kind == Transport::Kind::maildir) {
+            deliver_local(std::move(job));
+            continue;
+        }
+        auto [it, fresh] = hops_.try_emplace(key);
+        Hop& hop = it->second;
+        if (fresh) {
+            hop.key = key;
+            hop.transport = t;
+        }
+        if (hop.queue.size() >= kMaxQueuedPerHop) {
+            // The next hop is slower than the inflow: keep the data on disk, not in memory.
+            if (--active_[msg->id] == 0) {
+                active_.erase(msg->id);
+            }
+            schedule(msg->id, std::chrono::system_clock::now() + std::chrono::seconds(1));
+            continue;
+        }
+        hop.queue.push_back(std::move(job));
+        pump(hop);
+    }
+}
+
+void Outbound::pump(Hop& hop) {
+    for (auto* link : hop.links) {
+        if (hop.queue.empty()) {
+            return;
+        }
+        if (link->idle()) {
+            link->step();
+        }
+    }
+    const auto& cfg = *shard_.snapshot()->config;
+    std::size_t limit = std::max<std::size_t>(1, cfg.limits.outbound_connections / cfg.server.shards);
+    while (!hop.queue.empty() && hop.links.size() < limit && !draining_) {
+        auto* link = new Link(*this, hop);
+        hop.links.insert(link);
+        ++links_;
+        shard_.work_started();
+        link->open();
+        link->step();
+    }
+}
+
+void Outbound::link_closed(Link* link) {
+    for (auto& [key, hop] : hops_) {
+        if (hop.links.erase(link) != 0) {
+            delete link;
+            --links_;
+            if (!draining_ && !hop.queue.empty()) {
+                pump(hop);
+            }
+            break;
+        }
+    }
+    shard_.work_finished();
+}
+
+void Outbound::deliver_local(Job job) {
+    // A maildir route of a spooled message: the same batched writer as in-line delivery,
+    // for a copy that names only these recipients.
+    auto copy = std::make_unique<storage::Message>();
+    copy->id = job.msg->id;
+    copy->sender = job.msg->sender;
+    copy->data = job.msg->data;
+    for (auto i : job.rcpts) {
+        copy->recipients.push_back(job.msg->recipients[i]);
+    }
+    shard_.work_started();
+    auto shared = std::make_shared<Job>(std::move(job));
+    shard_.local_delivery().submit(std::move(copy), shared->session, [this, shared](storage::CommitStatus st) {
+        std::vector<smtp::RecipientResult> results(shared->rcpts.size());
+        for (auto& r : results) {
+            if (st == storage::CommitStatus::ok) {
+                r.kind = smtp::RecipientResult::Kind::delivered;
+                r.code = 250;
+                r.enhanced = "2.0.0";
+                r.text = "delivered to maildir";
+            } else {
+                r.kind = smtp::RecipientResult::Kind::deferred;
+                r.code = 451;
+                r.enhanced = "4.3.0";
+                r.text = "maildir write failed";
+            }
+        }
+        finished(*shared, results, "maildir");
+        shard_.work_finished();
+    });
+}
+
+void Outbound::finished(Job& job, const std::vector<smtp::RecipientResult>& results,
+                        const std::string& relay) {
+    const auto& cfg = *shard_.snapshot()->config;
+    const auto& msg = *job.msg;
+    auto now = std::chrono::system_clock::now();
+    auto& metrics = shard_.metrics();
+    std::vector<std::pair<std::size_t, smtp::RecipientResult>> failed;
+    for (std::size_t k = 0; k < job.rcpts.size() && k < results.size(); ++k) {
+        std::size_t idx = job.rcpts[k];
+        const auto& r = results[k];
+        const auto& rc = msg.recipients[idx];
+        std::string reply = r.reply.empty() ? std::to_string(r.code) + " " + r.enhanced + " " + r.text : r.reply;
+        if (r.kind == smtp::RecipientResult::Kind::delivered) {
+            if (relay != "maildir") {
+                spool_.record_delivered(msg.id, idx);
+                metrics.deliveries[static_cast<int>(DeliveryResult::delivered)].add();
+                LogLine(Level::info, "delivered", shard_.index(), job.session)
+                    .kv("id", msg.id).kv("to", angle(rc.address)).kv("relay", relay).kv("reply", reply);
+            } else {
+                spool_.record_delivered(msg.id, idx);
+            }
+            continue;
+        }
+        unsigned attempt = job.attempts[k] + 1;
+        bool expired = now - msg.received_at >= cfg.spool.max_age;
+        if (r.kind == smtp::RecipientResult::Kind::deferred && !expired) {
+            const auto& sched = cfg.spool.retry;
+            auto delay = sched.empty() ? Millis(60'000) : sched[std::min<std::size_t>(attempt - 1, sched.size() - 1)];
+            auto next = now + delay;
+            spool_.record_deferred(msg.id, idx, reply, next, attempt);
+            schedule(msg.id, next);
+            metrics.deliveries[static_cast<int>(DeliveryResult::deferred)].add();
+            LogLine(Level::info, "deferred", shard_.index(), job.session)
+                .kv("id", msg.id).kv("to", angle(rc.address)).kv("relay", relay).kv("reply", reply)
+                .kv("attempts", attempt).kv("retry_in", format_duration(delay));
+            continue;
+        }
+        smtp::RecipientResult final = r;
+        if (expired && r.kind == smtp::RecipientResult::Kind::deferred) {
+            final.kind = smtp::RecipientResult::Kind::failed;
+            final.enhanced = "4.4.7";  // RFC 3463: delivery time expired
+        }
+        spool_.record_failed(msg.id, idx, reply);
+        metrics.deliveries[static_cast<int>(DeliveryResult::bounced)].add();
+        LogLine(Level::info, "bounced", shard_.index(), job.session)
+            .kv("id", msg.id).kv("to", angle(rc.address)).kv("relay", relay).kv("reply", reply)
+            .kv("reason", expired ? "expired" : "refused");
+        failed.emplace_back(idx, final);
+    }
+    if (!failed.empty()) {
+        bounce(msg, failed);
+    }
+    auto it = active_.find(msg.id);
+    if (it != active_.end() && --it->second == 0) {
+        active_.erase(it);
+    }
+}
+
+void Outbound::bounce(const storage::Message& msg,
+                      const std::vector<std::pair<std::size_t, smtp::RecipientResult>>& failed) {
+    if (!dsn::should_bounce(msg.sender)) {
+        return;  // never bounce a bounce (RFC 5321 §4.5.5)
+    }
+    const auto& cfg = *shard_.snapshot()->config;
+    dsn::DsnInput in;
+    in.reporting_mta = cfg.server.hostname;
+    in.sender = msg.sender;
+    in.queue_id = msg.id;
+    in.arrival = msg.received_at;
+    in.now = std::chrono::system_clock::now();
+    in.original = msg.data;
+    for (const auto& [idx, r] : failed) {
+        dsn::RecipientReport rep;
+        rep.address = msg.recipients[idx].address;
+        rep.action = dsn::Action::failed;
+        rep.status = r.enhanced;
+        rep.diagnostic = r.diagnostic();
+        rep.last_attempt = in.now;
+        in.recipients.push_back(std::move(rep));
+    }
+    auto at = msg.sender.rfind('@');
+    std::string domain = at == std::string::npos ? std::string() : msg.sender.substr(at + 1);
+    const Route* route = cfg.route_for(domain);
+    if (route == nullptr) {
+        LogLine(Level::warn, "bounce_dropped", shard_.index())
+            .kv("id", msg.id).kv("to", angle(msg.sender)).kv("reason", "no route for " + domain);
+        return;
+    }
+    auto dsn_msg = std::make_unique<storage::Message>();
+    dsn_msg->id = smtp::new_message_id(shard_.index());
+    dsn_msg->sender = std::string(dsn::kNullSender);
+    dsn_msg->data = dsn::build_dsn(in);
+    storage::Recipient rc;
+    rc.address = msg.sender;
+    rc.deliver_to = msg.sender;
+    rc.code = "DSN";
+    rc.transport = route->transport;
+    dsn_msg->recipients.push_back(std::move(rc));
+    dsn_msg->client = "127.0.0.1";
+    dsn_msg->helo = cfg.server.hostname;
+    dsn_msg->listener = "dsn";
+    dsn_msg->received_at = in.now;
+    LogLine(Level::info, "dsn", shard_.index())
+        .kv("id", dsn_msg->id).kv("original", msg.id).kv("to", angle(msg.sender))
+        .kv("failed", static_cast<std::uint64_t>(failed.size()));
+    Shard* shard = &shard_;
+    shard_.work_started();
+    spool_.submit(std::move(dsn_msg), [shard](storage::CommitStatus st, std::unique_ptr<storage::Message> m) {
+        std::shared_ptr<const storage::Message> sm(std::move(m));
+        shard->post([st, sm](Shard& s) {
+            if (st == storage::CommitStatus::ok && s.outbound() != nullptr) {
+                s.outbound()->start(sm, {});
+            }
+            s.work_finished();
+        });
+    });
+}
+
+void Outbound::schedule(const storage::QueueId& id, SysTime when) {
+    if (!draining_) {
+        due_.emplace(when, id);
+    }
+}
+
+void Outbound::tick(SysTime now) {
+    while (!due_.empty() && due_.top().first <= now && !draining_) {
+        auto id = due_.top().second;
+        due_.pop();
+        if (active_.count(id) == 0) {
+            load(id);
+        }
+    }
+}
+
+namespace {
+
+struct LoadJob {
+    uv_work_t req{};
+    Outbound* ob = nullptr;
+    storage::Spool* spool = nullptr;
+    storage::QueueId id;
+    std::optional<storage::QueueEntry> entry;
+    std::unique_ptr<storage::Message> msg;
+};
+
+}  // namespace
+
+void Outbound::load(const storage::QueueId& id) {
+    // Reading a message back is blocking I/O: the thread pool does it.
+    auto* job = new LoadJob;
+    job->req.data = job;
+    job->ob = this;
+    job->spool = &spool_;
+    job->id = id;
+    ++loads_;
+    ++active_[id];
+    shard_.work_started();
+    uv_queue_work(
+        shard_.loop(), &job->req,
+        [](uv_work_t* r) {
+            auto* j = static_cast<LoadJob*>(r->data);
+            j->entry = j->spool->entry(j->id);
+            if (j->entry && !j->entry->held && j->entry->live_recipients() > 0) {
+                auto m = j->spool->load(j->id);
+                if (m.ok()) {
+                    j->msg = std::move(*m);
+                }
+            }
+        },
+        [](uv_work_t* r, int) {
+            std::unique_ptr<LoadJob> j(static_cast<LoadJob*>(r->data));
+            Outbound& ob = *j->ob;
+            --ob.loads_;
+            if (--ob.active_[j->id] == 0) {
+                ob.active_.erase(j->id);
+            }
+            if (j->msg && j->entry && !ob.draining_) {
+                auto now = std::chrono::system_clock::now();
+                std::vector<std::size_t> due;
+                std::vector<unsigned> attempts;
+                std::optional<SysTime> later;
+                for (std::size_t i = 0; i < j->entry->recipients.size(); ++i) {
+                    const auto& st = j->entry->recipients[i];
+                    if (st.state == storage::RcptState::pending ||
+                        (st.state == storage::RcptState::deferred && st.next_attempt <= now)) {
+                        due.push_back(i);
+                        attempts.push_back(st.attempts);
+                    } else if (st.state == storage::RcptState::deferred) {
+                        later = later ? std::min(*later, st.next_attempt) : st.next_attempt;
+                    }
+                }
+                if (later) {
+                    ob.schedule(j->id, *later);
+                }
+                if (!due.empty()) {
+                    std::shared_ptr<const storage::Message> msg(std::move(j->msg));
+                    ob.route(msg, due, attempts, {});
+                }
+            }
+            ob.shard_.work_finished();
+        });
+}
+
+void Outbound::drain() {
+    draining_ = true;
+    for (auto& [key, hop] : hops_) {
+        hop.queue.clear();
+        auto links = hop.links;
+        for (auto* l : links) {
+            l->close();
+        }
+    }
+    while (!due_.empty()) {
+        due_.pop();
+    }
+}
+
+}  // namespace sluice

@@ -1,0 +1,97 @@
+#pragma once
+// Forwarding for one shard (issue 4): takes messages that the spool made durable (just
+// received, recovered at start, or due for a retry), groups their recipients by route,
+// and delivers them over outbound SMTP connections on the shard's own loop (the pure
+// client state machine of daemon/smtp_client.hpp) or into `maildir:` routes. Every
+// per-recipient outcome goes back to the spool: delivered, deferred with the next attempt
+// from `spool.retry`, or failed, in which case the sender gets an RFC 3464 DSN (never for
+// the null sender, so bounces never loop).
+//
+// Memory stays bounded when a next hop is slow or down: only messages being delivered
+// keep their data in memory; everything else waits on disk and is read back when due.
+//
+// Trust: next hops are internal but still untrusted peers (their replies are parsed by
+// the client with limits); routes come from the config snapshot.
+
+#include <uv.h>
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <memory>
+#include <queue>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "daemon/smtp_client.hpp"
+#include "storage/message.hpp"
+#include "storage/spool.hpp"
+
+namespace sluice {
+
+class Shard;
+
+class Outbound {
+public:
+    using SysTime = std::chrono::system_clock::time_point;
+
+    Outbound(Shard& shard, storage::Spool& spool);
+    Outbound(const Outbound&) = delete;
+    Outbound& operator=(const Outbound&) = delete;
+    ~Outbound();
+
+    // A message the spool just made durable (its data is still in memory).
+    void start(std::shared_ptr<const storage::Message> msg, std::string session_id);
+    // A queued message to look at again at `when` (recovery, retries, `queue flush`).
+    void schedule(const storage::QueueId& id, SysTime when);
+    // Called by the shard's timer: starts what is due.
+    void tick(SysTime now);
+    // Shutdown: no new deliveries; connections are closed (what was in flight stays
+    // queued on disk and is retried after the restart).
+    void drain();
+    // Handles, connections and thread-pool jobs still alive (the loop must wait for them).
+    std::size_t busy() const { return links_ + loads_; }
+
+    class Link;
+
+private:
+    struct Job {
+        std::shared_ptr<const storage::Message> msg;
+        std::vector<std::size_t> rcpts;     // indices into msg->recipients
+        std::vector<unsigned> attempts;     // earlier attempts per recipient
+        std::string session;                // for log lines
+    };
+    struct Hop {
+        std::string key;                    // "127.0.0.1:2526"
+        Transport transport;
+        std::deque<Job> queue;
+        std::set<Link*> links;
+    };
+
+    void route(const std::shared_ptr<const storage::Message>& msg,
+               const std::vector<std::size_t>& rcpts, const std::vector<unsigned>& attempts,
+               const std::string& session);
+    void deliver_local(Job job);
+    void pump(Hop& hop);
+    void finished(Job& job, const std::vector<smtp::RecipientResult>& results,
+                  const std::string& relay);
+    void bounce(const storage::Message& msg,
+                const std::vector<std::pair<std::size_t, smtp::RecipientResult>>& failed);
+    void load(const storage::QueueId& id);
+    void link_closed(Link* link);
+
+    Shard& shard_;
+    storage::Spool& spool_;
+    std::map<std::string, Hop> hops_;
+    using Due = std::pair<SysTime, storage::QueueId>;
+    std::priority_queue<Due, std::vector<Due>, std::greater<>> due_;
+    std::map<storage::QueueId, int> active_;  // messages with deliveries in flight
+    std::size_t links_ = 0;
+    std::size_t loads_ = 0;
+    bool draining_ = false;
+
+    friend class Link;
+};
+
+}  // namespace sluice

@@ -1,0 +1,536 @@
+#include "daemon/stats.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+
+#include <nlohmann/json.hpp>
+
+#include "common/log.hpp"
+#include "policy/policy.hpp"
+
+namespace sluice::stats {
+namespace {
+
+constexpr std::size_t kCodes = static_cast<std::size_t>(policy::Code::A000) + 1;
+static_assert(kCodes <= kDecisionCodes);
+
+template <std::size_t N>
+void add_all(std::array<std::uint64_t, N>& into, const std::array<Counter, N>& from) {
+    for (std::size_t i = 0; i < N; ++i) {
+        into[i] += from[i].get();
+    }
+}
+
+// Label values: backslash, double quote and line feed are escaped (exposition format 0.0.4).
+std::string label_value(std::string_view v) {
+    std::string out;
+    for (char c : v) {
+        if (c == '\\') {
+            out += "\\\\";
+        } else if (c == '"') {
+            out += "\\\"";
+        } else if (c == '\n') {
+            out += "\\n";
+        } else {
+            out.push_back(c);
+        }
+    }
+    return out;
+}
+
+// The shortest text that reads back as `v` ("0.05", not "0.050000000000000003").
+std::string number(double v) {
+    char buf[32];
+    if (v == static_cast<double>(static_cast<long long>(v)) && v < 1e15 && v > -1e15) {
+        std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
+        return buf;
+    }
+    for (int precision = 1; precision <= 17; ++precision) {
+        std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+        if (std::strtod(buf, nullptr) == v) {
+            break;
+        }
+    }
+    return buf;
+}
+
+std::string seconds(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3f", v);
+    return buf;
+}
+
+class Writer {
+public:
+    void family(std::string_view name, std::string_view type, std::string_view help) {
+        out_ += "# HELP ";
+        out_ += name;
+        out_ += ' ';
+        out_ += help;
+        out_ += "\n# TYPE ";
+        out_ += name;
+        out_ += ' ';
+        out_ += type;
+        out_ += '\n';
+    }
+    // `labels` is the text between the braces, already escaped ("" for none).
+    void sample(std::string_view name, std::string_view labels, std::string_view value) {
+        out_ += name;
+        if (!labels.empty()) {
+            out_ += '{';
+            out_ += labels;
+            out_ += '}';
+        }
+        out_ += ' ';
+        out_ += value;
+        out_ += '\n';
+    }
+    void sample(std::string_view name, std::string_view labels, std::uint64_t value) {
+        sample(name, labels, std::to_string(value));
+    }
+    std::string take() { return std::move(out_); }
+
+private:
+    std::string out_;
+};
+
+template <typename E>
+void by_result(Writer& w, std::string_view name, const ByResult<E>& values) {
+    for (std::size_t i = 0; i < values.size(); ++i) {
+        w.sample(name, "result=\"" + std::string(result_name(static_cast<E>(i))) + "\"", values[i]);
+    }
+}
+
+template <typename E>
+nlohmann::json by_result_json(const ByResult<E>& values) {
+    auto j = nlohmann::json::object();
+    for (std::size_t i = 0; i < values.size(); ++i) {
+        j[std::string(result_name(static_cast<E>(i)))] = values[i];
+    }
+    return j;
+}
+
+}  // namespace
+
+std::string_view result_name(ConnResult r) {
+    switch (r) {
+        case ConnResult::accepted: return "accepted";
+        case ConnResult::filtered: return "filtered";
+        case ConnResult::over_limit: return "over_limit";
+        case ConnResult::shutting_down: return "shutting_down";
+        case ConnResult::count_: break;
+    }
+    return "unknown";
+}
+
+std::string_view result_name(MsgResult r) {
+    switch (r) {
+        case MsgResult::accepted: return "accepted";
+        case MsgResult::rejected: return "rejected";
+        case MsgResult::failed: return "failed";
+        case MsgResult::count_: break;
+    }
+    return "unknown";
+}
+
+std::string_view result_name(DeliveryResult r) {
+    switch (r) {
+        case DeliveryResult::delivered: return "delivered";
+        case DeliveryResult::deferred: return "deferred";
+        case DeliveryResult::bounced: return "bounced";
+        case DeliveryResult::count_: break;
+    }
+    return "unknown";
+}
+
+std::string_view result_name(TlsResult r) {
+    switch (r) {
+        case TlsResult::ok: return "ok";
+        case TlsResult::resumed: return "resumed";
+        case TlsResult::failed: return "failed";
+        case TlsResult::count_: break;
+    }
+    return "unknown";
+}
+
+std::string_view result_name(AuthResult r) {
+    switch (r) {
+        case AuthResult::ok: return "ok";
+        case AuthResult::failed: return "failed";
+        case AuthResult::aborted: return "aborted";
+        case AuthResult::count_: break;
+    }
+    return "unknown";
+}
+
+Totals collect(const std::vector<const ShardMetrics*>& shards, const ServerNumbers& server) {
+    Totals t;
+    t.server = server;
+    std::array<std::uint64_t, kDurationBuckets.size()> buckets{};
+    std::uint64_t count = 0;
+    std::uint64_t sum_ms = 0;
+    for (const ShardMetrics* m : shards) {
+        {
+            std::lock_guard lock(m->listeners_mu);
+            for (std::size_t i = 0; i < m->listener_names.size(); ++i) {
+                auto& into = t.connections[m->listener_names[i]];
+                add_all(into, m->connections[i]);
+            }
+            for (const auto& [name, counts] : m->listeners_gone) {
+                auto& into = t.connections[name];
+                for (std::size_t r = 0; r < counts.size(); ++r) {
+                    into[r] += counts[r];
+                }
+            }
+        }
+        t.sessions_active += m->sessions_active.get();
+        for (std::size_t i = 0; i < kDecisionCodes; ++i) {
+            t.decisions[i] += m->decisions[i].get();
+        }
+        add_all(t.messages, m->messages);
+        add_all(t.deliveries, m->deliveries);
+        add_all(t.tls_handshakes, m->tls_handshakes);
+        add_all(t.auth, m->auth);
+        t.bytes_received += m->bytes_received.get();
+        // The count is read before the buckets: observe_duration() adds to the bucket first,
+        // so a racing observation can only make the buckets run ahead, which the max below
+        // absorbs (the +Inf bucket must hold every other bucket).
+        count += m->duration_count.get();
+        sum_ms += m->duration_sum_ms.get();
+        add_all(buckets, m->duration_buckets);
+        t.shard_generations.push_back(m->generation.load(std::memory_order_relaxed));
+    }
+    std::uint64_t running = 0;
+    for (std::size_t i = 0; i < buckets.size(); ++i) {
+        running += buckets[i];
+        t.duration_buckets[i] = running;
+    }
+    t.duration_count = std::max(count, running);
+    t.duration_sum = static_cast<double>(sum_ms) / 1000.0;
+    return t;
+}
+
+std::string render_prometheus(const Totals& t) {
+    Writer w;
+    w.family("sluice_build_info", "gauge", "Build of the running daemon (always 1).");
+    w.sample("sluice_build_info", "version=\"" + label_value(t.server.version) + "\"", 1);
+
+    w.family("sluice_start_time_seconds", "gauge", "Start time of the daemon, seconds since the Unix epoch.");
+    w.sample("sluice_start_time_seconds", "", seconds(t.server.start_time));
+
+    w.family("sluice_config_generation", "gauge", "Configuration generation in service (1 at start, +1 per successful reload).");
+    w.sample("sluice_config_generation", "", t.server.generation);
+
+    w.family("sluice_config_reloads_total", "counter", "Configuration reloads, by result.");
+    w.sample("sluice_config_reloads_total", "result=\"ok\"", t.server.reloads_ok);
+    w.sample("sluice_config_reloads_total", "result=\"failed\"", t.server.reloads_failed);
+
+    w.family("sluice_connections_total", "counter", "SMTP connections, by listener and result.");
+    for (const auto& [name, counts] : t.connections) {
+        for (std::size_t r = 0; r < counts.size(); ++r) {
+            w.sample("sluice_connections_total",
+                     "listener=\"" + label_value(name) + "\",result=\"" +
+                         std::string(result_name(static_cast<ConnResult>(r))) + "\"",
+                     counts[r]);
+        }
+    }
+
+    w.family("sluice_sessions_active", "gauge", "SMTP sessions open now.");
+    w.sample("sluice_sessions_active", "", std::to_string(t.sessions_active));
+
+    w.family("sluice_relay_decisions_total", "counter", "Policy decisions, by decision code (PRODUCT.md section 3).");
+    for (std::size_t i = 0; i < kCodes; ++i) {
+        w.sample("sluice_relay_decisions_total",
+                 "code=\"" + std::string(policy::code_name(static_cast<policy::Code>(i))) + "\"",
+                 t.decisions[i]);
+    }
+
+    w.family("sluice_messages_total", "counter", "Messages at the end of DATA, by result.");
+    by_result<MsgResult>(w, "sluice_messages_total", t.messages);
+
+    w.family("sluice_bytes_received_total", "counter", "Bytes received from SMTP clients.");
+    w.sample("sluice_bytes_received_total", "", t.bytes_received);
+
+    w.family("sluice_queue_messages", "gauge", "Messages in the spool.");
+    w.sample("sluice_queue_messages", "", t.server.queue_messages);
+
+    w.family("sluice_deliveries_total", "counter", "Delivery attempts per recipient, by result.");
+    by_result<DeliveryResult>(w, "sluice_deliveries_total", t.deliveries);
+
+    w.family("sluice_tls_handshakes_total", "counter", "TLS handshakes, by result.");
+    by_result<TlsResult>(w, "sluice_tls_handshakes_total", t.tls_handshakes);
+
+    w.family("sluice_auth_total", "counter", "SMTP AUTH attempts, by result.");
+    by_result<AuthResult>(w, "sluice_auth_total", t.auth);
+
+    w.family("sluice_session_duration_seconds", "histogram", "Duration of SMTP sessions.");
+    for (std::size_t i = 0; i < kDurationBuckets.size(); ++i) {
+        w.sample("sluice_session_duration_seconds_bucket", "le=\"" + number(kDurationBuckets[i]) + "\"",
+                 t.duration_buckets[i]);
+    }
+    w.sample("sluice_session_duration_seconds_bucket", "le=\"+Inf\"", t.duration_count);
+    w.sample("sluice_session_duration_seconds_sum", "", seconds(t.duration_sum));
+    w.sample("sluice_session_duration_seconds_count", "", t.duration_count);
+    return w.take();
+}
+
+nlohmann::json to_json(const Totals& t) {
+    using nlohmann::json;
+    json j;
+    j["version"] = t.server.version;
+    j["start_time"] = t.server.start_time;
+    j["config_generation"] = t.server.generation;
+    j["config_reloads"] = {{"ok", t.server.reloads_ok}, {"failed", t.server.reloads_failed}};
+    json conns = json::object();
+    for (const auto& [name, counts] : t.connections) {
+        conns[name] = by_result_json<ConnResult>(counts);
+    }
+    j["connections"] = conns;
+    j["sessions_active"] = t.sessions_active;
+    json codes = json::object();
+    for (std::size_t i = 0; i < kCodes; ++i) {
+        codes[std::string(policy::code_name(static_cast<policy::Code>(i)))] = t.decisions[i];
+    }
+    j["relay_decisions"] = codes;
+    j["messages"] = by_result_json<MsgResult>(t.messages);
+    j["bytes_received"] = t.bytes_received;
+    j["queue_messages"] = t.server.queue_messages;
+    j["deliveries"] = by_result_json<DeliveryResult>(t.deliveries);
+    j["tls_handshakes"] = by_result_json<TlsResult>(t.tls_handshakes);
+    j["auth"] = by_result_json<AuthResult>(t.auth);
+    json buckets = json::object();
+    for (std::size_t i = 0; i < kDurationBuckets.size(); ++i) {
+        buckets[number(kDurationBuckets[i])] = t.duration_buckets[i];
+    }
+    buckets["+Inf"] = t.duration_count;
+    j["session_duration_seconds"] = {
+        {"buckets", buckets}, {"sum", t.duration_sum}, {"count", t.duration_count}};
+    j["shard_generations"] = t.shard_generations;
+    return j;
+}
+
+// ---------------------------------------------------------------------------------------
+// StatsServer
+
+struct StatsServer::Listener {
+    uv_tcp_t tcp{};
+};
+
+struct StatsServer::Client {
+    StatsServer* server = nullptr;
+    uv_tcp_t tcp{};
+    uv_timer_t timer{};
+    uv_write_t write{};
+    uv_shutdown_t shutdown{};
+    http::RequestParser parser;
+    std::string out;
+    std::array<char, 4096> buf{};
+    std::size_t discarded = 0;
+    int handles = 2;  // tcp + timer; freed when both close callbacks ran
+    bool responded = false;
+    bool closing = false;
+};
+
+StatsServer::StatsServer(uv_loop_t* loop, std::function<std::string()> metrics,
+                         std::uint64_t request_timeout_ms)
+    : loop_(loop), metrics_(std::move(metrics)), request_timeout_ms_(request_timeout_ms) {}
+
+// Handles are freed by their close callbacks: the owner calls close() and runs the loop.
+StatsServer::~StatsServer() = default;
+
+std::string StatsServer::listen(const SockAddr& address) {
+    if (closed_) {
+        return "stats server is closed";
+    }
+    auto* l = new Listener;
+    uv_tcp_init(loop_, &l->tcp);
+    l->tcp.data = this;
+    unsigned flags = address.storage.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
+    int rc = uv_tcp_bind(&l->tcp, reinterpret_cast<const sockaddr*>(&address.storage), flags);
+    if (rc == 0) {
+        rc = uv_listen(reinterpret_cast<uv_stream_t*>(&l->tcp), limits::backlog, on_connection);
+    }
+    if (rc != 0) {
+        uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp),
+                 [](uv_handle_t* h) { delete reinterpret_cast<Listener*>(h); });
+        return std::string("cannot listen on ") + format_sockaddr(address) + ": " + uv_strerror(rc);
+    }
+    stop_listening();
+    listener_ = l;
+    return {};
+}
+
+void StatsServer::stop_listening() {
+    if (listener_ == nullptr) {
+        return;
+    }
+    // `tcp` is the first member: the handle pointer is the Listener pointer.
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener_->tcp),
+             [](uv_handle_t* h) { delete reinterpret_cast<Listener*>(h); });
+    listener_ = nullptr;
+}
+
+void StatsServer::close() {
+    closed_ = true;
+    stop_listening();
+    auto clients = clients_;
+    for (Client* c : clients) {
+        close_client(*c);
+    }
+}
+
+void StatsServer::on_connection(uv_stream_t* server, int status) {
+    auto* self = static_cast<StatsServer*>(server->data);
+    if (status < 0) {
+        return;
+    }
+    auto* c = new Client;
+    c->server = self;
+    uv_tcp_init(self->loop_, &c->tcp);
+    uv_timer_init(self->loop_, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    self->clients_.insert(c);
+    if (uv_accept(server, reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0 ||
+        self->clients_.size() > limits::max_clients) {
+        self->close_client(*c);
+        return;
+    }
+    uv_timer_start(&c->timer, on_timer, self->request_timeout_ms_, 0);
+    uv_read_start(
+        reinterpret_cast<uv_stream_t*>(&c->tcp),
+        [](uv_handle_t* h, std::size_t, uv_buf_t* b) {
+            auto* cl = static_cast<Client*>(h->data);
+            *b = uv_buf_init(cl->buf.data(), static_cast<unsigned>(cl->buf.size()));
+        },
+        on_read);
+}
+
+void StatsServer::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+    auto* c = static_cast<Client*>(s->data);
+    StatsServer* self = c->server;
+    if (n == 0) {
+        return;
+    }
+    if (n < 0) {
+        self->close_client(*c);  // EOF or error: nothing more to say
+        return;
+    }
+    if (c->responded) {
+        // Lingering: the reply is out; drain what the client still sends, up to a bound.
+        c->discarded += static_cast<std::size_t>(n);
+        if (c->discarded > limits::linger_bytes) {
+            self->close_client(*c);
+        }
+        return;
+    }
+    auto st = c->parser.feed(std::string_view(buf->base, static_cast<std::size_t>(n)));
+    if (st == http::Status::request) {
+        self->respond(*c);
+    } else if (st == http::Status::error) {
+        self->respond_error(*c, c->parser.error_code());
+    }
+}
+
+void StatsServer::on_timer(uv_timer_t* t) {
+    auto* c = static_cast<Client*>(t->data);
+    if (!c->responded) {
+        c->server->respond_error(*c, 408);  // RFC 9110 §15.5.9
+        return;
+    }
+    c->server->close_client(*c);
+}
+
+namespace {
+
+std::string response(int code, std::string_view content_type, const std::string& body, bool head,
+                     std::string_view extra = {}) {
+    std::string out = "HTTP/1.1 " + std::to_string(code) + " " +
+                      std::string(http::reason_phrase(code)) + "\r\n";
+    out += "Content-Type: ";
+    out += content_type;
+    out += "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+    out += "Cache-Control: no-store\r\n";
+    out += extra;
+    out += "Connection: close\r\n\r\n";
+    if (!head) {
+        out += body;
+    }
+    return out;
+}
+
+constexpr std::string_view kText = "text/plain; charset=utf-8";
+
+}  // namespace
+
+void StatsServer::respond(Client& c) {
+    ++requests_;
+    const auto& req = c.parser.request();
+    bool head = req.method == http::Method::head;
+    if (req.path == "/metrics") {
+        send(c, response(200, "text/plain; version=0.0.4; charset=utf-8", metrics_(), head));
+    } else if (req.path == "/healthz") {
+        send(c, response(200, kText, "ok\n", head));
+    } else if (req.path == "/readyz") {
+        send(c, draining_ ? response(503, kText, "draining\n", head)
+                          : response(200, kText, "ready\n", head));
+    } else {
+        send(c, response(404, kText, "not found\n", head));
+    }
+}
+
+void StatsServer::respond_error(Client& c, int code) {
+    ++requests_;
+    std::string body = std::string(http::reason_phrase(code)) + "\n";
+    send(c, response(code, kText, body, false, code == 405 ? "Allow: GET, HEAD\r\n" : ""));
+}
+
+void StatsServer::send(Client& c, std::string text) {
+    c.responded = true;
+    c.out = std::move(text);
+    c.write.data = &c;
+    uv_buf_t b = uv_buf_init(c.out.data(), static_cast<unsigned>(c.out.size()));
+    int rc = uv_write(&c.write, reinterpret_cast<uv_stream_t*>(&c.tcp), &b, 1,
+                      [](uv_write_t* w, int status) {
+                          auto* cl = static_cast<Client*>(w->data);
+                          if (cl->closing) {
+                              return;
+                          }
+                          if (status < 0) {
+                              cl->server->close_client(*cl);
+                              return;
+                          }
+                          // Half-close, then wait briefly for the client's EOF: closing with
+                          // unread input would reset the connection and could destroy the
+                          // reply before the client read it.
+                          cl->shutdown.data = cl;
+                          int r = uv_shutdown(&cl->shutdown, reinterpret_cast<uv_stream_t*>(&cl->tcp),
+                                              [](uv_shutdown_t*, int) {});
+                          if (r != 0) {
+                              cl->server->close_client(*cl);
+                              return;
+                          }
+                          uv_timer_start(&cl->timer, on_timer, limits::linger_ms, 0);
+                      });
+    if (rc != 0) {
+        close_client(c);
+    }
+}
+
+void StatsServer::close_client(Client& c) {
+    if (c.closing) {
+        return;
+    }
+    c.closing = true;
+    clients_.erase(&c);
+    auto done = [](uv_handle_t* h) {
+        auto* cl = static_cast<Client*>(h->data);
+        if (--cl->handles == 0) {
+            delete cl;
+        }
+    };
+    uv_close(reinterpret_cast<uv_handle_t*>(&c.tcp), done);
+    uv_close(reinterpret_cast<uv_handle_t*>(&c.timer), done);
+}
+
+}  // namespace sluice::stats

@@ -1,0 +1,139 @@
+#pragma once
+// The numbers of PRODUCT.md §7 and the HTTP endpoint that serves them.
+//
+// collect() sums every shard's ShardMetrics at scrape time. The shards write their own
+// counters with relaxed stores and are never stopped or locked for a scrape; the only lock
+// is each shard's `listeners_mu`, which guards the listener-name table and is taken on the
+// shard only when it switches snapshots (daemon/metrics.hpp). A scrape is therefore a
+// snapshot of counters that may be a few increments apart from each other, never a value
+// that goes backwards. render_prometheus() writes the text exposition format 0.0.4
+// (HELP, TYPE, counters, gauges, histograms with cumulative buckets, _sum and _count);
+// to_json() the same numbers for `sluicectl stats --json`.
+//
+// StatsServer is HTTP/1.1 on the [stats] address, on the daemon's main loop: GET or HEAD
+// /metrics, /healthz (200 while the process serves), /readyz (503 from the moment draining
+// starts), anything else 404. One request per connection (`Connection: close`), a strict
+// parser (daemon/http.hpp: 400/405/414/431/505), a deadline for the request, a bounded
+// number of clients, and a lingering close so an error reply is not lost to a reset.
+//
+// Trust: the endpoint is reachable by whoever can reach its address; it reads no secret
+// and changes nothing.
+
+#include <uv.h>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "common/net.hpp"
+#include "daemon/http.hpp"
+#include "daemon/metrics.hpp"
+
+namespace sluice::stats {
+
+// Numbers the main thread keeps (not per shard).
+struct ServerNumbers {
+    std::uint64_t generation = 0;
+    std::uint64_t reloads_ok = 0;
+    std::uint64_t reloads_failed = 0;
+    std::uint64_t queue_messages = 0;
+    double start_time = 0;  // seconds since the Unix epoch
+    std::string version;
+};
+
+template <typename E>
+using ByResult = std::array<std::uint64_t, static_cast<std::size_t>(E::count_)>;
+
+struct Totals {
+    std::map<std::string, ByResult<ConnResult>> connections;  // by listener name
+    std::int64_t sessions_active = 0;
+    std::array<std::uint64_t, kDecisionCodes> decisions{};    // by policy::Code
+    ByResult<MsgResult> messages{};
+    ByResult<DeliveryResult> deliveries{};
+    ByResult<TlsResult> tls_handshakes{};
+    ByResult<AuthResult> auth{};
+    std::uint64_t bytes_received = 0;
+    std::array<std::uint64_t, kDurationBuckets.size()> duration_buckets{};  // cumulative
+    std::uint64_t duration_count = 0;  // also the +Inf bucket
+    double duration_sum = 0;           // seconds
+    std::vector<std::uint64_t> shard_generations;
+    ServerNumbers server;
+};
+
+// Sums the shards' counters (any thread; see the header comment).
+Totals collect(const std::vector<const ShardMetrics*>& shards, const ServerNumbers& server);
+
+std::string render_prometheus(const Totals& t);
+nlohmann::json to_json(const Totals& t);
+
+// Label values as they appear in the metrics and the JSON.
+std::string_view result_name(ConnResult r);
+std::string_view result_name(MsgResult r);
+std::string_view result_name(DeliveryResult r);
+std::string_view result_name(TlsResult r);
+std::string_view result_name(AuthResult r);
+
+namespace limits {
+inline constexpr std::size_t max_clients = 32;            // more are closed at once
+inline constexpr std::uint64_t request_timeout_ms = 5000;  // whole request head: 408 beyond
+inline constexpr std::uint64_t linger_ms = 2000;           // after the reply, waiting for EOF
+inline constexpr std::size_t linger_bytes = 64 * 1024;     // discarded after the reply at most
+inline constexpr int backlog = 64;
+}  // namespace limits
+
+class StatsServer {
+public:
+    // `metrics` renders the /metrics body; it runs on the loop thread for each scrape.
+    StatsServer(uv_loop_t* loop, std::function<std::string()> metrics,
+                std::uint64_t request_timeout_ms = limits::request_timeout_ms);
+    StatsServer(const StatsServer&) = delete;
+    StatsServer& operator=(const StatsServer&) = delete;
+    ~StatsServer();
+
+    // Binds and serves `address`. A previously bound address keeps serving until this
+    // one is bound, then is closed. Returns "" or the error (nothing changes then).
+    std::string listen(const SockAddr& address);
+    // Stops serving its address (clients in progress finish).
+    void stop_listening();
+    // /readyz answers 503 from now on.
+    void set_draining() { draining_ = true; }
+    // Stops listening and closes every client; afterwards the loop holds no handle of ours
+    // once the close callbacks have run.
+    void close();
+
+    bool listening() const { return listener_ != nullptr; }
+    std::size_t clients() const { return clients_.size(); }
+    std::uint64_t requests() const { return requests_; }
+
+private:
+    struct Listener;
+    struct Client;
+
+    static void on_connection(uv_stream_t* server, int status);
+    static void on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
+    static void on_timer(uv_timer_t* t);
+    void respond(Client& c);
+    void respond_error(Client& c, int code);
+    void send(Client& c, std::string response);
+    void close_client(Client& c);
+
+    uv_loop_t* loop_;
+    std::function<std::string()> metrics_;
+    std::uint64_t request_timeout_ms_;
+    Listener* listener_ = nullptr;
+    std::set<Client*> clients_;
+    bool draining_ = false;
+    bool closed_ = false;
+    std::uint64_t requests_ = 0;
+};
+
+}  // namespace sluice::stats

@@ -1,0 +1,191 @@
+"""The durable spool and forwarding in a real sluiced (issue 4): smtp-source and smtplib in,
+a recording next hop (aiosmtpd) or smtp-sink out; outages, refusals, bounces, kill -9."""
+import os
+import random
+import signal
+import smtplib
+import subprocess
+import threading
+import time
+
+from harness import Daemon, Raw, code, free_port
+from nexthop import NextHop
+
+
+def forwarding_daemon(hop_port, extra_routes="", limits="", spool=""):
+    d = Daemon(limits=limits)
+    text = d.config.read_text().replace(
+        '"example.test" = "maildir:maildir"',
+        f'"example.test" = "smtp://127.0.0.1:{hop_port}"{extra_routes}')
+    text = text.replace('dir = "spool"', 'dir = "spool"\nretry = ["1s", "2s"]' + spool)
+    d.config.write_text(text)
+    return d
+
+
+def wait_for(fn, seconds=20):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.1)
+    return fn()
+
+
+def strip_received(content):
+    """Our Received: field is the only change; remove it to compare byte for byte."""
+    assert content.startswith(b"Received: from ")
+    i = content.index(b"\r\n") + 2
+    while content[i:i + 1] == b"\t":
+        i = content.index(b"\r\n", i) + 2
+    return content[i:]
+
+
+def test_forwarded_byte_for_byte_with_the_decided_envelope():
+    hop = NextHop(free_port()).start()
+    try:
+        with forwarding_daemon(hop.port) as d:
+            content = (b"From: a@outside.test\r\nSubject: fwd\r\n\r\n.dot line\r\n..two\r\n"
+                       b"\xc3\xa9t\xc3\xa9 8bit\r\nlast\r\n")
+            with smtplib.SMTP("127.0.0.1", d.port) as s:
+                s.ehlo("client.test")
+                s.sendmail("Sender@Outside.TEST.", ["User@Example.Test", "other@example.test"],
+                           content, mail_options=["BODY=8BITMIME"])
+            msgs = wait_for(lambda: hop.recorder.snapshot())
+            assert len(msgs) == 1
+            mail_from, rcpts, data = msgs[0]
+            assert mail_from == "Sender@outside.test"
+            assert rcpts == ["User@example.test", "other@example.test"]
+            assert strip_received(data) == content
+            assert wait_for(lambda: len(d.log_lines("delivered")) == 2)
+    finally:
+        hop.stop()
+
+
+def test_smtp_source_through_sluiced_into_smtp_sink():
+    sink_port = free_port()
+    sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "root", "-c", f"127.0.0.1:{sink_port}", "100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with forwarding_daemon(sink_port) as d:
+            r = subprocess.run(["/usr/sbin/smtp-source", "-d", "-s", "10", "-m", "2000", "-l", "1024",
+                                "-f", "sender@outside.test", "-t", "user@example.test",
+                                f"127.0.0.1:{d.port}"], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+            assert wait_for(lambda: len(d.log_lines("delivered")) >= 2000, 60)
+            assert len(d.log_lines("delivered")) == 2000
+            assert len(d.log_lines("queued")) == 2000
+        # Everything final: the spool has reclaimed its segments by the clean stop.
+        assert not list((d.dir / "spool").glob("seg-*.log"))
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        sink.wait()
+
+
+def test_next_hop_down_then_back_nothing_lost():
+    port = free_port()
+    with forwarding_daemon(port) as d:
+        for i in range(5):
+            with smtplib.SMTP("127.0.0.1", d.port) as s:
+                s.sendmail("a@outside.test", ["user@example.test"], f"Subject: q{i}\r\n\r\nbody {i}\r\n")
+        assert wait_for(lambda: len(d.log_lines("deferred")) >= 5)
+        hop = NextHop(port).start()
+        try:
+            msgs = wait_for(lambda: len(hop.recorder.snapshot()) >= 5 and hop.recorder.snapshot(), 30)
+            subjects = sorted(m[2].split(b"Subject: ")[1].split(b"\r\n")[0] for m in msgs)
+            assert subjects == [f"q{i}".encode() for i in range(5)]
+        finally:
+            hop.stop()
+
+
+def test_refused_recipient_bounces_to_the_sender_and_never_loops():
+    hop = NextHop(free_port()).start()
+    hop.recorder.reject["gone@example.test"] = "550 5.1.1 no such user"
+    try:
+        routes = f'\n"outside.test" = "smtp://127.0.0.1:{hop.port}"'
+        with forwarding_daemon(hop.port, extra_routes=routes) as d:
+            with smtplib.SMTP("127.0.0.1", d.port) as s:
+                s.sendmail("a@outside.test", ["gone@example.test", "user@example.test"],
+                           "Subject: partly\r\n\r\nhello\r\n")
+                # A message from <> that bounces must not produce another bounce.
+                s.sendmail("", ["gone@example.test"], "Subject: from null\r\n\r\nx\r\n")
+            msgs = wait_for(lambda: len(hop.recorder.snapshot()) >= 2 and hop.recorder.snapshot())
+            time.sleep(1.5)
+            msgs = hop.recorder.snapshot()
+            delivered = [m for m in msgs if m[0] not in ("", "<>")]
+            dsns = [m for m in msgs if m[0] in ("", "<>")]
+            assert len(delivered) == 1 and delivered[0][1] == ["user@example.test"]
+            assert len(dsns) == 1, msgs
+            assert dsns[0][1] == ["a@outside.test"]
+            body = dsns[0][2]
+            assert b"multipart/report" in body and b"report-type=delivery-status" in body
+            assert b"Final-Recipient: rfc822; gone@example.test" in body
+            assert b"550 5.1.1" in body
+            assert len(d.log_lines("bounced")) == 2
+    finally:
+        hop.stop()
+
+
+def test_disk_full_refuses_new_mail_with_452():
+    hop = NextHop(free_port()).start()
+    try:
+        # A free-space floor no disk here meets: admission says no at MAIL.
+        with forwarding_daemon(hop.port, spool='\nmin_free = "1000000GiB"') as d:
+            c = Raw(d.port)
+            c.cmd("EHLO client.test")
+            assert code(c.cmd("MAIL FROM:<a@outside.test>")) == "452 4.3.1"
+    finally:
+        hop.stop()
+
+
+def test_kill_9_under_load_loses_nothing_that_got_250():
+    hop = NextHop(free_port()).start()
+    d = forwarding_daemon(hop.port)
+    acked, attempted = set(), set()
+    lock = threading.Lock()
+    rng = random.Random(1234)
+    try:
+        for rnd in range(6):
+            d.start()
+            stop = threading.Event()
+
+            def client(n):
+                i = 0
+                while not stop.is_set():
+                    tag = f"r{rnd}-c{n}-m{i}"
+                    i += 1
+                    with lock:
+                        attempted.add(tag)
+                    try:
+                        with smtplib.SMTP("127.0.0.1", d.port, timeout=5) as s:
+                            s.sendmail("a@outside.test", ["user@example.test"],
+                                       f"Subject: {tag}\r\n\r\n{tag}\r\n" + "x" * rng.randint(10, 3000) + "\r\n")
+                        with lock:
+                            acked.add(tag)
+                    except (smtplib.SMTPException, OSError):
+                        pass
+
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+            for t in threads:
+                t.start()
+            time.sleep(rng.uniform(0.3, 1.2))
+            d.proc.send_signal(signal.SIGKILL)
+            d.proc.wait()
+            stop.set()
+            for t in threads:
+                t.join()
+        d.start()   # the last restart recovers and delivers what is left
+        def arrived():
+            return {m[2].split(b"Subject: ")[1].split(b"\r\n")[0].decode() for m in hop.recorder.snapshot()}
+        assert acked
+        wait_for(lambda: acked <= arrived(), 60)
+        got = arrived()
+        lost = acked - got
+        assert lost == set(), f"{len(lost)} acknowledged messages lost"
+        assert got <= attempted   # nothing made up; at most messages in flight at a kill
+        for _, _, data in hop.recorder.snapshot():
+            tag = data.split(b"Subject: ")[1].split(b"\r\n")[0]
+            assert data.count(tag) == 2 and data.endswith(b"\r\n")   # whole, never half-written
+    finally:
+        d.stop()
+        hop.stop()

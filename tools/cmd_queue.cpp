@@ -1,0 +1,62 @@
+// sluicectl queue list|show|delete|hold|release|flush|purge (PRODUCT.md §1): the spool.
+//
+// Works offline on spool.dir from the config: opens the spool the way the daemon does
+// (its flock, then recovery) and runs storage/spool_ops.hpp's command on it, so the output
+// is the same as the daemon's control socket will give. While the daemon runs it holds the
+// spool's lock: this command then says so and exits 2 (the control socket route for queue
+// commands is not wired yet).
+//
+// Trust: run by the operator; the arguments are validated before the spool is opened.
+// Exit codes: 0 done; 1 no such message; 2 usage, config or spool error.
+
+#include <iostream>
+
+#include "common/config.hpp"
+#include "common/log.hpp"
+#include "storage/spool.hpp"
+#include "storage/spool_ops.hpp"
+#include "tools/ctl.hpp"
+
+namespace sluice::ctl {
+
+int cmd_queue(const Args& args, const Options& opts) {
+    if (wants_help(args)) {
+        std::cout << storage::queue_help();
+        return kOk;
+    }
+    auto cmd = storage::parse_queue_command(args);
+    if (!cmd.ok()) {
+        return fail(cmd.error().message + " (see: sluicectl queue --help)");
+    }
+    cmd->json = cmd->json || opts.json;
+
+    LoadResult cfg = load_config(opts.config_path);
+    if (!cfg.ok()) {
+        for (const auto& d : cfg.diagnostics) {
+            std::cerr << d.str() << "\n";
+        }
+        return fail("config " + opts.config_path + " has errors");
+    }
+    set_log_level(Level::warn);  // recovery's info lines are the daemon's business
+    storage::SpoolOptions so;
+    so.dir = cfg.config->spool.dir;
+    so.min_free_bytes = 0;  // the operator may always look and clean up
+    auto spool = storage::Spool::open(so);
+    if (!spool.ok()) {
+        if (spool.error().code == storage::Errc::busy) {
+            return fail(
+                "the daemon is running; queue commands through the control socket are not "
+                "wired yet");
+        }
+        return fail("spool " + so.dir + ": " + spool.error().message);
+    }
+    storage::QueueOutput out = storage::run_queue_command(**spool, *cmd);
+    (*spool)->close();
+    std::cout << out.out;
+    if (!out.err.empty()) {
+        return fail(out.err, out.exit_code == 0 ? kUsage : out.exit_code);
+    }
+    return out.exit_code;
+}
+
+}  // namespace sluice::ctl
