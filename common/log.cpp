@@ -64,7 +64,7 @@ bool log_enabled(Level level) { return static_cast<int>(level) >= min_level; }
 std::string utc_timestamp() {
     // The date and time part changes once a second: format it once per second per thread.
     thread_local std::time_t cached_secs = -1;
-    thread_local char cached[32];
+    thread_local char cached[64];
     auto now = std::chrono::system_clock::now();
     auto secs = std::chrono::system_clock::to_time_t(now);
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
@@ -75,7 +75,7 @@ std::string utc_timestamp() {
                       tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
         cached_secs = secs;
     }
-    char buf[48];
+    char buf[96];
     std::snprintf(buf, sizeof buf, "%s.%03dZ", cached, static_cast<int>(ms));
     return buf;
 }

@@ -16,12 +16,19 @@
 #include <string>
 
 #include "common/config.hpp"
+#include "common/json.hpp"
 #include "storage/map_check.hpp"
 #include "tools/ctl.hpp"
 
 namespace sluice::ctl {
 
 namespace {
+
+std::string json_string(std::string_view s) {
+    std::string out;
+    append_json_string(out, s);
+    return out;
+}
 
 constexpr const char* kHelp =
     "usage: sluicectl [--config FILE] [--json] check\n"
@@ -33,23 +40,6 @@ constexpr const char* kHelp =
     "overlapping allow/deny filter entries, empty maps that are in use. Prints\n"
     "FILE:LINE:COL: message for each; exits 1 if any is an error.\n";
 
-std::string json_string(std::string_view s) {
-    std::string out = "\"";
-    for (char ch : s) {
-        auto c = static_cast<unsigned char>(ch);
-        if (ch == '"' || ch == '\\') {
-            out.push_back('\\');
-            out.push_back(ch);
-        } else if (c < 0x20 || c == 0x7f) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\u%04x", c);
-            out += buf;
-        } else {
-            out.push_back(ch);
-        }
-    }
-    return out + "\"";
-}
 
 std::string diagnostic_json(const Diagnostic& d) {
     return "{\"file\":" + json_string(d.where.file) + ",\"line\":" + std::to_string(d.where.line) +

@@ -56,23 +56,6 @@ A truncated gzip file is reported (read error) and what was read is counted.
 
 constexpr std::size_t kReadChunk = 1 << 20;
 
-bool take_value(const Args& args, std::size_t& i, std::string_view name, std::string& out,
-                std::string& error) {
-    const std::string& a = args[i];
-    if (a.size() > name.size() && a.compare(0, name.size(), name) == 0 && a[name.size()] == '=') {
-        out = a.substr(name.size() + 1);
-        return true;
-    }
-    if (a == name) {
-        if (i + 1 >= args.size()) {
-            error = std::string(name) + " needs a value";
-            return true;
-        }
-        out = args[++i];
-        return true;
-    }
-    return false;
-}
 
 std::optional<std::uint64_t> parse_count(std::string_view s) {
     std::uint64_t v = 0;

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "common/config.hpp"
+#include "common/json.hpp"
 #include "common/log.hpp"
 #include "storage/maps.hpp"
 #include "tools/ctl.hpp"
@@ -21,6 +22,12 @@
 namespace sluice::ctl {
 
 namespace {
+
+std::string json_string(std::string_view s) {
+    std::string out;
+    append_json_string(out, s);
+    return out;
+}
 
 namespace fs = std::filesystem;
 using storage::MapId;
@@ -46,35 +53,6 @@ constexpr const char* kHelp =
     "NAME is one of: local_domains local_addresses catch_all privileged_networks\n"
     "                connection_filter access users\n";
 
-std::string json_string(std::string_view s) {
-    std::string out = "\"";
-    for (char ch : s) {
-        auto c = static_cast<unsigned char>(ch);
-        switch (c) {
-            case '"':
-                out += "\\\"";
-                break;
-            case '\\':
-                out += "\\\\";
-                break;
-            case '\n':
-                out += "\\n";
-                break;
-            case '\t':
-                out += "\\t";
-                break;
-            default:
-                if (c < 0x20 || c == 0x7f) {
-                    char buf[8];
-                    std::snprintf(buf, sizeof buf, "\\u%04x", c);
-                    out += buf;
-                } else {
-                    out.push_back(ch);
-                }
-        }
-    }
-    return out + "\"";
-}
 
 std::string entry_json(const std::string& key, const std::string& value,
                        const std::string& source) {

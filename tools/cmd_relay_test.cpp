@@ -47,23 +47,6 @@ exit: 0 no relay accepted, 1 a relay was accepted, 2 usage error or the battery
 could not start (cannot connect, no greeting, session refused).
 )";
 
-bool take_value(const Args& args, std::size_t& i, std::string_view name, std::string& out,
-                std::string& error) {
-    const std::string& a = args[i];
-    if (a.size() > name.size() && a.compare(0, name.size(), name) == 0 && a[name.size()] == '=') {
-        out = a.substr(name.size() + 1);
-        return true;
-    }
-    if (a == name) {
-        if (i + 1 >= args.size()) {
-            error = std::string(name) + " needs a value";
-            return true;
-        }
-        out = args[++i];
-        return true;
-    }
-    return false;
-}
 
 // One line on stderr even when the operator's input holds control characters.
 int usage_error(std::string message) {

@@ -37,6 +37,11 @@ int fail(std::string_view message, int code = kUsage);
 // True when args contain --help or -h (each command prints its own help then).
 bool wants_help(const Args& args);
 
+// Option parsing: when args[i] is `NAME VALUE` or `NAME=VALUE`, stores VALUE in `out`
+// (advancing i past a separate value) and returns true; a missing value sets `error`.
+bool take_value(const Args& args, std::size_t& i, std::string_view name, std::string& out,
+                std::string& error);
+
 // The commands; each defined in its own tools/cmd_*.cpp and listed in sluicectl.cpp.
 int cmd_map(const Args& args, const Options& opts);
 int cmd_relay_test(const Args& args, const Options& opts);

@@ -26,6 +26,24 @@ bool wants_help(const Args& args) {
     return false;
 }
 
+bool take_value(const Args& args, std::size_t& i, std::string_view name, std::string& out,
+                std::string& error) {
+    const std::string& a = args[i];
+    if (a.size() > name.size() && a.compare(0, name.size(), name) == 0 && a[name.size()] == '=') {
+        out = a.substr(name.size() + 1);
+        return true;
+    }
+    if (a == name) {
+        if (i + 1 >= args.size()) {
+            error = std::string(name) + " needs a value";
+            return true;
+        }
+        out = args[++i];
+        return true;
+    }
+    return false;
+}
+
 namespace {
 
 // clang-format off
