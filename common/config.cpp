@@ -82,6 +82,8 @@ const Key<Config> config_keys[] = {
         [](Config& c, const Value& v) { c.tls.certificate = v.s; }},
     {"tls", "key", Kind::path, "", 0, 0, "", "PEM private key of the leaf certificate",
         [](Config& c, const Value& v) { c.tls.key = v.s; }},
+    {"tls", "ca_file", Kind::path, "", 0, 0, "", "PEM CAs that verify next hops of starttls=required routes (none: encrypted, unverified)",
+        [](Config& c, const Value& v) { c.tls.ca_file = v.s; }},
 
     {"limits", "message_size", Kind::size, "25MiB", 1024, 1ll << 40, "", "largest message accepted (RFC 1870 SIZE)",
         [](Config& c, const Value& v) { c.limits.message_size = v.u; }},
@@ -613,6 +615,11 @@ LoadResult finish(Loader& loader, const toml::table& root, const std::string& pa
         }
     }
 
+    if (!cfg->tls.ca_file.empty() && !std::ifstream(cfg->tls.ca_file)) {
+        loader.error(root["tls"]["ca_file"].node()->source(),
+                     "tls.ca_file: cannot read " + cfg->tls.ca_file);
+    }
+
     // routes
     if (const auto* routes = root.get_as<toml::table>("routes")) {
         for (auto&& [name, node] : *routes) {
@@ -634,6 +641,20 @@ LoadResult finish(Loader& loader, const toml::table& root, const std::string& pa
                 continue;
             }
             r.transport = *t;
+            if (t->kind == Transport::Kind::smtp && t->starttls == TlsMode::required) {
+                // mbedTLS 2.28 matches certificates by host name only: a next hop given
+                // as an address could never verify, so every delivery would defer.
+                if (cfg->tls.ca_file.empty()) {
+                    loader.warn(node.source(), "routes." + r.domain +
+                                                   ": starttls=required without tls.ca_file "
+                                                   "encrypts but does not verify the next hop");
+                } else if (parse_ip(t->host)) {
+                    loader.error(node.source(), "routes." + r.domain +
+                                                    ": starttls=required verifies the next hop "
+                                                    "against tls.ca_file by host name, not \"" +
+                                                    t->host + "\"");
+                }
+            }
             cfg->sources["routes." + r.domain] = r.where;
             cfg->routes.push_back(std::move(r));
         }

@@ -97,6 +97,7 @@ struct Config {
     struct {
         std::string certificate;
         std::string key;
+        std::string ca_file;  // verifies next hops of starttls=required routes; "" none
     } tls;
 
     struct {

@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <toml++/toml.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,8 +12,6 @@
 #include <cstring>
 #include <set>
 #include <sstream>
-
-#include <toml++/toml.h>
 
 #include "common/fd.hpp"
 #include "common/log.hpp"
@@ -34,7 +33,8 @@ void LineReader::feed(std::string_view bytes) {
     buf_.append(bytes);
     // An unterminated tail longer than the limit can never become a valid line.
     std::size_t last_lf = buf_.rfind('\n');
-    std::size_t tail = last_lf == std::string::npos ? buf_.size() - start_ : buf_.size() - last_lf - 1;
+    std::size_t tail =
+        last_lf == std::string::npos ? buf_.size() - start_ : buf_.size() - last_lf - 1;
     if (tail > max_ + 1) {  // + 1: the CR of a CRLF may arrive before its LF
         overflow_ = true;
     }
@@ -84,10 +84,16 @@ void LineReader::compact() {
 
 std::string_view command_name(Command c) {
     switch (c) {
-        case Command::status: return "status";
-        case Command::stats: return "stats";
-        case Command::reload: return "reload";
-        case Command::explain: return "explain";
+        case Command::status:
+            return "status";
+        case Command::stats:
+            return "stats";
+        case Command::reload:
+            return "reload";
+        case Command::explain:
+            return "explain";
+        case Command::queue:
+            return "queue";
     }
     return "unknown";
 }
@@ -109,7 +115,8 @@ ParsedRequest parse_request(std::string_view line) {
         return r;
     }
     const auto& name = it->get_ref<const std::string&>();
-    for (Command c : {Command::status, Command::stats, Command::reload, Command::explain}) {
+    for (Command c : {Command::status, Command::stats, Command::reload, Command::explain,
+                      Command::queue}) {
         if (name == command_name(c)) {
             r.request = Request{c, std::move(body)};
             return r;
@@ -127,8 +134,8 @@ std::optional<ExplainArgs> parse_explain_args(const json& body, std::string& err
         bool required;
     };
     const Field fields[] = {
-        {"client", &a.client, true}, {"from", &a.from, true},   {"to", &a.to, true},
-        {"helo", &a.helo, false},    {"auth", &a.auth, false},  {"listener", &a.listener, false},
+        {"client", &a.client, true}, {"from", &a.from, true},  {"to", &a.to, true},
+        {"helo", &a.helo, false},    {"auth", &a.auth, false}, {"listener", &a.listener, false},
     };
     for (const auto& f : fields) {
         auto it = body.find(f.name);
@@ -197,15 +204,17 @@ json explain(const Snapshot& snapshot, const policy::Maps& maps, const ExplainAr
     std::string to_text = bracketed(a.to);
     auto from = policy::parse_path(from_text, true, true);
     if (!from.ok() || from.consumed != from_text.size()) {
-        return error_reply("sender " + from_text + ": " +
-                           std::string(from.ok() ? "trailing text" : policy::path_error_name(from.error)) +
-                           " (a session answers " + reply_line(policy::path_error_reply(from.error, true)) + ")");
+        return error_reply(
+            "sender " + from_text + ": " +
+            std::string(from.ok() ? "trailing text" : policy::path_error_name(from.error)) +
+            " (a session answers " + reply_line(policy::path_error_reply(from.error, true)) + ")");
     }
     auto to = policy::parse_path(to_text, false, true);
     if (!to.ok() || to.consumed != to_text.size()) {
-        return error_reply("recipient " + to_text + ": " +
-                           std::string(to.ok() ? "trailing text" : policy::path_error_name(to.error)) +
-                           " (a session answers " + reply_line(policy::path_error_reply(to.error, false)) + ")");
+        return error_reply(
+            "recipient " + to_text + ": " +
+            std::string(to.ok() ? "trailing text" : policy::path_error_name(to.error)) +
+            " (a session answers " + reply_line(policy::path_error_reply(to.error, false)) + ")");
     }
     policy::Facts facts;
     facts.listener = listener->name;
@@ -213,7 +222,8 @@ json explain(const Snapshot& snapshot, const policy::Maps& maps, const ExplainAr
     facts.client = *ip;
     facts.helo = a.helo;
     // Without --tls: TLS is assumed where the listener makes it a precondition of MAIL.
-    facts.tls = a.tls.value_or(listener->tls == TlsMode::implicit || listener->tls == TlsMode::required);
+    facts.tls =
+        a.tls.value_or(listener->tls == TlsMode::implicit || listener->tls == TlsMode::required);
     facts.auth_user = a.auth;
     auto d = policy::decide_envelope(facts, from.address, to.address, snapshot.rules, maps);
     json j;
@@ -313,8 +323,9 @@ void flatten(const toml::table& t, const std::string& prefix, FlatConfig& out) {
 }
 
 std::string listener_fields(const ListenerConfig& l) {
-    std::string s = l.name + "|" + std::string(to_string(l.role)) + "|" + std::string(to_string(l.tls)) +
-                    "|" + (l.auth_without_tls ? "1" : "0") + (l.sender_login_match ? "1" : "0");
+    std::string s = l.name + "|" + std::string(to_string(l.role)) + "|" +
+                    std::string(to_string(l.tls)) + "|" + (l.auth_without_tls ? "1" : "0") +
+                    (l.sender_login_match ? "1" : "0");
     for (const auto& c : l.proxy_protocol) {
         s += "|" + format_cidr(c);
     }
@@ -386,22 +397,24 @@ std::vector<std::string> restart_only_changes(const Config& before, const Config
     std::vector<std::string> out;
     auto where = [&](const char* key) {
         auto it = after.sources.find(key);
-        return it == after.sources.end() ? after.path : it->second.file + ":" +
-                                                            std::to_string(it->second.line) + ":" +
-                                                            std::to_string(it->second.column);
+        return it == after.sources.end() ? after.path
+                                         : it->second.file + ":" + std::to_string(it->second.line) +
+                                               ":" + std::to_string(it->second.column);
     };
     if (before.server.shards != after.server.shards) {
-        out.push_back(where("server.shards") + ": server.shards changes from " +
-                      std::to_string(before.server.shards) + " to " + std::to_string(after.server.shards) +
-                      ": the number of shards cannot change while running; restart sluiced to apply");
+        out.push_back(
+            where("server.shards") + ": server.shards changes from " +
+            std::to_string(before.server.shards) + " to " + std::to_string(after.server.shards) +
+            ": the number of shards cannot change while running; restart sluiced to apply");
     }
     if (before.maps.dir != after.maps.dir) {
         out.push_back(where("maps.dir") + ": maps.dir changes from " + before.maps.dir + " to " +
                       after.maps.dir + ": sessions read the open maps; restart sluiced to apply");
     }
     if (before.control.socket != after.control.socket) {
-        out.push_back(where("control.socket") + ": control.socket changes from " + before.control.socket +
-                      " to " + after.control.socket + ": restart sluiced to apply");
+        out.push_back(where("control.socket") + ": control.socket changes from " +
+                      before.control.socket + " to " + after.control.socket +
+                      ": restart sluiced to apply");
     }
     if (after.listeners.size() > kMaxListeners) {
         out.push_back(after.path + ": more than " + std::to_string(kMaxListeners) + " listeners");
@@ -413,7 +426,7 @@ MapStamps stamp_maps(const std::string& maps_dir) {
     MapStamps out;
     for (std::size_t i = 0; i < static_cast<std::size_t>(policy::MapId::count_); ++i) {
         auto id = static_cast<policy::MapId>(i);
-        struct stat st{};
+        struct stat st {};
         if (::stat(storage::map_path(maps_dir, id).c_str(), &st) == 0) {
             out[std::string(policy::map_name(id))] =
                 std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
@@ -457,8 +470,8 @@ struct ControlServer::Client {
     bool busy = false;        // a request is with the handler
     bool processing = false;  // inside process(): a synchronous reply must not recurse
     bool reading = false;
-    bool eof = false;           // the peer sent EOF (it may still read our replies)
-    bool close_after = false;   // close once the pending writes are out
+    bool eof = false;          // the peer sent EOF (it may still read our replies)
+    bool close_after = false;  // close once the pending writes are out
     bool closing = false;
 };
 
@@ -484,7 +497,7 @@ std::string ControlServer::listen(const std::string& path) {
         return "control socket path \"" + path + "\" is empty or longer than " +
                std::to_string(sizeof probe.sun_path - 1) + " bytes";
     }
-    struct stat st{};
+    struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
             return path + " exists and is not a socket";
@@ -493,7 +506,8 @@ std::string ControlServer::listen(const std::string& path) {
         Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
         probe.sun_family = AF_UNIX;
         std::memcpy(probe.sun_path, path.data(), path.size());
-        if (fd.valid() && ::connect(fd.get(), reinterpret_cast<sockaddr*>(&probe), sizeof probe) == 0) {
+        if (fd.valid() &&
+            ::connect(fd.get(), reinterpret_cast<sockaddr*>(&probe), sizeof probe) == 0) {
             return "another process answers on " + path;
         }
         if (errno != ECONNREFUSED && errno != ENOENT) {
@@ -505,7 +519,8 @@ std::string ControlServer::listen(const std::string& path) {
     uv_pipe_init(loop_, p, 0);
     p->data = this;
     auto drop = [](uv_pipe_t* h) {
-        uv_close(reinterpret_cast<uv_handle_t*>(h), [](uv_handle_t* x) { delete reinterpret_cast<uv_pipe_t*>(x); });
+        uv_close(reinterpret_cast<uv_handle_t*>(h),
+                 [](uv_handle_t* x) { delete reinterpret_cast<uv_pipe_t*>(x); });
     };
     int rc = uv_pipe_bind(p, path.c_str());
     if (rc != 0) {
@@ -541,7 +556,7 @@ void ControlServer::close() {
                  [](uv_handle_t* x) { delete reinterpret_cast<uv_pipe_t*>(x); });
         pipe_ = nullptr;
         // Remove the file only if it is still ours (a newer daemon may have replaced it).
-        struct stat st{};
+        struct stat st {};
         if (::lstat(path_.c_str(), &st) == 0 && st.st_ino == socket_inode_) {
             ::unlink(path_.c_str());
         }
@@ -594,10 +609,13 @@ void ControlServer::on_connection(uv_stream_t* server, int status) {
         self->write(*c, encode(error_reply("too many control clients; try again")));
         return;
     }
-    uv_timer_start(&c->timer, [](uv_timer_t* t) {
-        auto* cl = static_cast<Client*>(t->data);
-        cl->server->close_client(*cl);
-    }, limits::idle_timeout_ms, 0);
+    uv_timer_start(
+        &c->timer,
+        [](uv_timer_t* t) {
+            auto* cl = static_cast<Client*>(t->data);
+            cl->server->close_client(*cl);
+        },
+        limits::idle_timeout_ms, 0);
     self->update_reading(*c);
 }
 
@@ -689,10 +707,13 @@ void ControlServer::process(Client& c) {
             if (cl.closing) {
                 return;
             }
-            uv_timer_start(&cl.timer, [](uv_timer_t* t) {
-                auto* x = static_cast<Client*>(t->data);
-                x->server->close_client(*x);
-            }, limits::idle_timeout_ms, 0);
+            uv_timer_start(
+                &cl.timer,
+                [](uv_timer_t* t) {
+                    auto* x = static_cast<Client*>(t->data);
+                    x->server->close_client(*x);
+                },
+                limits::idle_timeout_ms, 0);
             update_reading(cl);
             process(cl);
         };
@@ -720,24 +741,25 @@ void ControlServer::write(Client& c, std::string text) {
     ++c.writes_pending;
     c.bytes_pending += w->text.size();
     uv_buf_t b = uv_buf_init(w->text.data(), static_cast<unsigned>(w->text.size()));
-    int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&c.pipe), &b, 1, [](uv_write_t* req, int status) {
-        std::unique_ptr<WriteReq> wr(reinterpret_cast<WriteReq*>(req));
-        auto* cl = static_cast<Client*>(req->data);
-        --cl->writes_pending;
-        cl->bytes_pending -= wr->text.size();
-        if (cl->closing) {
-            if (cl->writes_pending == 0 && cl->handles == 0) {
-                delete cl;
-            }
-            return;
-        }
-        if (status < 0) {
-            cl->server->close_client(*cl);
-            return;
-        }
-        cl->server->update_reading(*cl);
-        cl->server->maybe_finish(*cl);
-    });
+    int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&c.pipe), &b, 1,
+                      [](uv_write_t* req, int status) {
+                          std::unique_ptr<WriteReq> wr(reinterpret_cast<WriteReq*>(req));
+                          auto* cl = static_cast<Client*>(req->data);
+                          --cl->writes_pending;
+                          cl->bytes_pending -= wr->text.size();
+                          if (cl->closing) {
+                              if (cl->writes_pending == 0 && cl->handles == 0) {
+                                  delete cl;
+                              }
+                              return;
+                          }
+                          if (status < 0) {
+                              cl->server->close_client(*cl);
+                              return;
+                          }
+                          cl->server->update_reading(*cl);
+                          cl->server->maybe_finish(*cl);
+                      });
     if (rc != 0) {
         --c.writes_pending;
         c.bytes_pending -= w->text.size();

@@ -7,7 +7,8 @@
 //   {"cmd":"status"}                -> {"ok":true, "version":..., "generation":..., ...}
 //   {"cmd":"stats"}                 -> {"ok":true, "stats":{...}}
 //   {"cmd":"reload"}                -> {"ok":true, "generation":N, "changed":{...}, ...}
-//                                      or {"ok":false, "error":..., "errors":["FILE:LINE:COL: ..."]}
+//                                      or {"ok":false, "error":..., "errors":["FILE:LINE:COL:
+//                                      ..."]}
 //   {"cmd":"explain", "client":IP, "from":ADDR, "to":ADDR, "helo":..., "auth":..., "listener":...}
 //                                   -> {"ok":true, "code":"D111", "verdict":..., "reply":..., ...}
 // A bad request gets {"ok":false,"error":...} and the connection stays usable; a line over
@@ -26,12 +27,11 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/config.hpp"
 #include "daemon/session.hpp"
@@ -40,9 +40,9 @@
 namespace sluice::control {
 
 namespace limits {
-inline constexpr std::size_t line = 64 * 1024;           // request line, octets
-inline constexpr std::size_t max_clients = 128;          // more get an error and are closed
-inline constexpr std::uint64_t idle_timeout_ms = 30'000;  // silent client: closed
+inline constexpr std::size_t line = 64 * 1024;              // request line, octets
+inline constexpr std::size_t max_clients = 128;             // more get an error and are closed
+inline constexpr std::uint64_t idle_timeout_ms = 30'000;    // silent client: closed
 inline constexpr std::size_t max_output = 4 * 1024 * 1024;  // unread replies: closed beyond
 inline constexpr int backlog = 128;
 }  // namespace limits
@@ -52,7 +52,7 @@ inline constexpr int backlog = 128;
 // Splits a byte stream into lines of at most `max` octets. Memory is bounded by `max`
 // plus what one feed() brings.
 class LineReader {
-public:
+  public:
     explicit LineReader(std::size_t max = limits::line) : max_(max) {}
     void feed(std::string_view bytes);
     // The next complete line without its line end; nullopt when none is complete or after
@@ -64,7 +64,7 @@ public:
     bool overflow() const { return overflow_; }
     std::size_t buffered() const { return buf_.size() - start_; }
 
-private:
+  private:
     void compact();
 
     std::size_t max_;
@@ -73,7 +73,7 @@ private:
     bool overflow_ = false;
 };
 
-enum class Command { status, stats, reload, explain };
+enum class Command { status, stats, reload, explain, queue };
 
 std::string_view command_name(Command c);
 
@@ -97,7 +97,7 @@ struct ExplainArgs {
     std::string to;
     std::string helo;
     std::string auth;
-    std::string listener;  // empty: the first listener
+    std::string listener;     // empty: the first listener
     std::optional<bool> tls;  // empty: what the listener implies
 };
 
@@ -162,7 +162,7 @@ std::vector<std::string> changed_maps(const MapStamps& before, const MapStamps& 
 // ---- the socket server ------------------------------------------------------------
 
 class ControlServer {
-public:
+  public:
     // Completes one request (call it exactly once, on the loop thread, now or later).
     using Respond = std::function<void(nlohmann::json reply)>;
     using Handler = std::function<void(Request request, Respond respond)>;
@@ -182,7 +182,7 @@ public:
     std::size_t clients() const { return clients_.size(); }
     const std::string& path() const { return path_; }
 
-private:
+  private:
     struct Client;
 
     static void on_connection(uv_stream_t* server, int status);

@@ -24,7 +24,9 @@ bool is_field_value_octet(char ch) {
     return c == '\t' || (c >= 0x20 && c != 0x7f);
 }
 
-bool is_ows(char c) { return c == ' ' || c == '\t'; }
+bool is_ows(char c) {
+    return c == ' ' || c == '\t';
+}
 
 std::string lower(std::string_view s) {
     std::string out(s);
@@ -66,9 +68,10 @@ Status RequestParser::feed(std::string_view bytes) {
         std::string_view chunk = bytes.substr(0, lf);
         // The line end may bring one CR beyond the limit; anything more is oversized no
         // matter how the bytes were split, so the check runs on the accumulated line.
-        std::size_t limit = phase_ == Phase::request_line
-                                ? limits::request_line + 1
-                                : limits::header_section + 1 - std::min(field_bytes_, limits::header_section);
+        std::size_t limit =
+            phase_ == Phase::request_line
+                ? limits::request_line + 1
+                : limits::header_section + 1 - std::min(field_bytes_, limits::header_section);
         std::size_t room = limit + 1 - line_.size();
         line_.append(chunk.substr(0, std::min(chunk.size(), room)));
         if (line_.size() > limit) {
@@ -235,17 +238,28 @@ void RequestParser::on_end_of_head() {
 
 std::string_view reason_phrase(int code) {
     switch (code) {
-        case 200: return "OK";
-        case 400: return "Bad Request";
-        case 404: return "Not Found";
-        case 405: return "Method Not Allowed";
-        case 408: return "Request Timeout";
-        case 414: return "URI Too Long";
-        case 431: return "Request Header Fields Too Large";
-        case 500: return "Internal Server Error";
-        case 503: return "Service Unavailable";
-        case 505: return "HTTP Version Not Supported";
-        default: return "Error";
+        case 200:
+            return "OK";
+        case 400:
+            return "Bad Request";
+        case 404:
+            return "Not Found";
+        case 405:
+            return "Method Not Allowed";
+        case 408:
+            return "Request Timeout";
+        case 414:
+            return "URI Too Long";
+        case 431:
+            return "Request Header Fields Too Large";
+        case 500:
+            return "Internal Server Error";
+        case 503:
+            return "Service Unavailable";
+        case 505:
+            return "HTTP Version Not Supported";
+        default:
+            return "Error";
     }
 }
 

@@ -48,7 +48,7 @@ struct Request {
 enum class Status { need_more, request, error };
 
 class RequestParser {
-public:
+  public:
     // Consumes `bytes`. Once the result is `request` or `error`, later calls return it again
     // and ignore their input (the endpoint answers one request per connection).
     Status feed(std::string_view bytes);
@@ -60,7 +60,7 @@ public:
     int error_code() const { return error_code_; }
     std::string_view error_reason() const { return error_reason_; }
 
-private:
+  private:
     enum class Phase { request_line, fields };
 
     Status fail(int code, std::string_view reason);

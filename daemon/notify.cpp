@@ -64,7 +64,9 @@ bool Notifier::send(std::string_view state) {
     return true;
 }
 
-void Notifier::ready() { send("READY=1\nSTATUS=serving\n"); }
+void Notifier::ready() {
+    send("READY=1\nSTATUS=serving\n");
+}
 
 void Notifier::reloading() {
     // systemd wants the time of the request on CLOCK_MONOTONIC with RELOADING=1
@@ -76,7 +78,9 @@ void Notifier::reloading() {
     send("RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC=" + std::to_string(usec) + "\n");
 }
 
-void Notifier::stopping() { send("STOPPING=1\nSTATUS=draining\n"); }
+void Notifier::stopping() {
+    send("STOPPING=1\nSTATUS=draining\n");
+}
 
 void Notifier::status(std::string_view text) {
     std::string line = "STATUS=";

@@ -19,7 +19,7 @@
 namespace sluice {
 
 class Notifier {
-public:
+  public:
     // Reads $NOTIFY_SOCKET now.
     Notifier();
     // For tests: an explicit socket name ("" disables).
@@ -34,7 +34,7 @@ public:
     // Sends `state` as is (lines "KEY=VALUE\n"). Returns false when it could not be sent.
     bool send(std::string_view state);
 
-private:
+  private:
     std::string socket_;
     bool warned_ = false;
 };

@@ -6,6 +6,7 @@
 #include "daemon/dsn.hpp"
 #include "daemon/session.hpp"
 #include "daemon/shard.hpp"
+#include "daemon/tls.hpp"
 
 namespace sluice {
 namespace {
@@ -14,10 +15,32 @@ namespace {
 constexpr std::size_t kMaxQueuedPerHop = 2000;
 // Read buffer of one outbound connection (there are few of them).
 constexpr std::size_t kLinkBuffer = 16 * 1024;
+// How long a starttls=optional hop whose handshake failed is sent to in plaintext before
+// TLS is tried again.
+constexpr std::chrono::minutes kTlsFallback{60};
 
-std::string hop_key(const Transport& t) {
+// The next hop as logs name it (relay=).
+std::string relay_name(const Transport& t) {
     return t.kind == Transport::Kind::maildir ? "maildir:" + t.path
                                               : t.host + ":" + std::to_string(t.port);
+}
+
+// Where hops_ keeps it: the STARTTLS mode is part of the key (see outbound.hpp).
+std::string hop_key(const Transport& t) {
+    return t.kind == Transport::Kind::maildir
+               ? relay_name(t)
+               : relay_name(t) + "?starttls=" + std::string(to_string(t.starttls));
+}
+
+smtp::Client::StartTls client_mode(TlsMode m) {
+    switch (m) {
+        case TlsMode::off:
+            return smtp::Client::StartTls::off;
+        case TlsMode::required:
+            return smtp::Client::StartTls::required;
+        default:
+            return smtp::Client::StartTls::optional;
+    }
 }
 
 std::string angle(std::string_view a) { return "<" + std::string(a) + ">"; }
@@ -27,11 +50,16 @@ std::string angle(std::string_view a) { return "<" + std::string(a) + ">"; }
 // One outbound SMTP connection to a next hop: libuv handles around the pure client.
 class Outbound::Link {
 public:
-    Link(Outbound& ob, Hop& hop) : ob_(ob), hop_(hop), client_(options(ob)) {}
+    Link(Outbound& ob, Hop& hop) : ob_(ob), hop_(hop), client_(options(ob, hop)) {}
 
-    static smtp::Client::Options options(Outbound& ob) {
+    static smtp::Client::Options options(Outbound& ob, Hop& hop) {
         smtp::Client::Options o;
         o.helo = ob.shard_.snapshot()->config->server.hostname;
+        o.starttls = client_mode(hop.transport.starttls);
+        if (o.starttls == smtp::Client::StartTls::optional &&
+            std::chrono::steady_clock::now() < hop.plaintext_until) {
+            o.starttls = smtp::Client::StartTls::off;
+        }
         return o;
     }
 
@@ -110,6 +138,16 @@ public:
         }
         collect();
         feed();
+        if (client_.state() == smtp::Client::State::tls_handshake && !tls_) {
+            // The next hop said 220 to STARTTLS: from here on every byte is TLS.
+            start_tls();
+            if (closing_) {
+                return;
+            }
+        }
+        if (tls_ && tls_->handshake_done() && client_.state() == smtp::Client::State::closed) {
+            tls_->close_notify();  // after 221: end TLS properly, then TCP
+        }
         flush();
         if (client_.finished()) {
             if (!client_.close_reason().empty() && reason_.empty()) {
@@ -146,6 +184,95 @@ private:
         step();
     }
 
+    // The socket broke: during a TLS handshake that is a failed handshake (logged as one).
+    void lost(std::string why) {
+        if (tls_ && !tls_->handshake_done()) {
+            tls_failed(why);
+            return;
+        }
+        fail(std::move(why));
+    }
+
+    void start_tls() {
+        const ClientTls& ct = ob_.client_tls();
+        bool required = hop_.transport.starttls == TlsMode::required;
+        verify_ = required && !ob_.shard_.snapshot()->config->tls.ca_file.empty();
+        auto cfg = verify_ ? ct.verify : ct.plain;
+        if (!cfg) {
+            tls_failed(verify_ ? "tls.ca_file " + ct.verify_error : ct.plain_error);
+            return;
+        }
+        std::shared_ptr<const tls::TlsSession> resume;
+        if (hop_.tls_session && hop_.tls_session_config == cfg) {
+            resume = hop_.tls_session;
+        }
+        tls_config_ = cfg;
+        // The host as the route names it is the SNI and, with verify_, the name the
+        // certificate must carry (RFC 6125); an IP literal is sent without SNI.
+        tls_ = std::make_unique<tls::TlsClientStream>(std::move(cfg), hop_.transport.host,
+                                                      verify_, std::move(resume));
+        if (!tls_->error().empty()) {
+            tls_failed(tls_->error());
+        }
+        // Otherwise the ClientHello waits in the outbox for flush().
+    }
+
+    // The handshake failed: one log line, the recipients deferred (never plaintext when
+    // required), and for optional a plaintext window for the next connections.
+    void tls_failed(const std::string& error) {
+        bool fallback = hop_.transport.starttls == TlsMode::optional;
+        if (fallback) {
+            hop_.plaintext_until = std::chrono::steady_clock::now() + kTlsFallback;
+        }
+        // A session that just failed is not offered again.
+        hop_.tls_session.reset();
+        hop_.tls_session_config.reset();
+        LogLine(Level::warn, "tls_out", ob_.shard_.index())
+            .kv("relay", hop_.key)
+            .kv("starttls", to_string(hop_.transport.starttls))
+            .kv("result", "failed")
+            .kv("verified", verify_ ? "yes" : "no")
+            .kv("error", error)
+            .kv("fallback", fallback ? "plaintext" : "none");
+        fail("TLS handshake: " + error);
+    }
+
+    // Feeds ciphertext to the stream; false when the link is failing (already handled).
+    bool receive_tls(std::string_view cipher, std::string& plain) {
+        bool was_done = tls_->handshake_done();
+        auto st = tls_->receive(cipher, plain);
+        if (st == tls::TlsChannel::Status::error || st == tls::TlsChannel::Status::closed) {
+            if (!was_done) {
+                tls_failed(st == tls::TlsChannel::Status::closed ? "closed during handshake"
+                                                                 : tls_->error());
+                return false;
+            }
+            // Replies before a close_notify still count (a 221, say); then the link ends.
+            if (!plain.empty()) {
+                client_.receive(plain);
+            }
+            fail(st == tls::TlsChannel::Status::closed ? "TLS closed by next hop"
+                                                       : "TLS: " + tls_->error());
+            return false;
+        }
+        if (!was_done && tls_->handshake_done()) {
+            if (auto session = tls_->session()) {
+                hop_.tls_session = std::move(session);
+                hop_.tls_session_config = tls_config_;
+            }
+            LogLine(Level::info, "tls_out", ob_.shard_.index())
+                .kv("relay", hop_.key)
+                .kv("starttls", to_string(hop_.transport.starttls))
+                .kv("result", "ok")
+                .kv("verified", verify_ ? "yes" : "no")
+                .kv("version", tls_->version())
+                .kv("cipher", tls_->cipher());
+            // RFC 3207 §4.2: EHLO again; the client forgets what it learnt in plaintext.
+            client_.tls_established();
+        }
+        return true;
+    }
+
     void collect() {
         while (client_.transaction_done()) {
             auto results = client_.take_results();
@@ -158,10 +285,32 @@ private:
     }
 
     void flush() {
-        if (!connected_ || write_in_flight_ || client_.output().empty()) {
+        if (!connected_ || write_in_flight_) {
             return;
         }
-        writing_ = client_.take_output();
+        if (tls_) {
+            // The client writes nothing between STARTTLS and tls_established(), so all
+            // of its output is meant for the TLS channel.
+            if (tls_->handshake_done() && !client_.output().empty()) {
+                if (tls_->send(client_.output()) != tls::TlsChannel::Status::ok) {
+                    client_.output().clear();
+                    fail("TLS: " + tls_->error());
+                    return;
+                }
+                client_.output().clear();
+            }
+            if (tls_->outbox().empty()) {
+                return;
+            }
+            // Handshake records, data records and alerts, in order, one write per step.
+            writing_.swap(tls_->outbox());
+            tls_->outbox().clear();
+        } else {
+            if (client_.output().empty()) {
+                return;
+            }
+            writing_ = client_.take_output();
+        }
         write_in_flight_ = true;
         wreq_.data = this;
         uv_buf_t b = uv_buf_init(writing_.data(), static_cast<unsigned>(writing_.size()));
@@ -212,10 +361,23 @@ private:
             return;
         }
         if (n < 0) {
-            self->fail(n == UV_EOF ? "closed by next hop" : uv_err_name(static_cast<int>(n)));
+            self->lost(n == UV_EOF ? "closed by next hop" : uv_err_name(static_cast<int>(n)));
             return;
         }
-        self->client_.receive(std::string_view(buf->base, static_cast<std::size_t>(n)));
+        std::string_view bytes(buf->base, static_cast<std::size_t>(n));
+        if (self->tls_) {
+            std::string plain;
+            if (!self->receive_tls(bytes, plain)) {
+                return;
+            }
+            if (!plain.empty()) {
+                self->client_.receive(plain);
+            }
+        } else {
+            // Bytes that follow the 220 to STARTTLS in the same read are dropped by the
+            // client (RFC 3207 §4.2); the stream only sees what is read after it starts.
+            self->client_.receive(bytes);
+        }
         self->step();
     }
 
@@ -227,7 +389,7 @@ private:
             return;
         }
         if (status < 0) {
-            self->fail(std::string("write: ") + uv_strerror(status));
+            self->lost(std::string("write: ") + uv_strerror(status));
             return;
         }
         self->client_.output_drained();
@@ -241,6 +403,10 @@ private:
         }
         if (!self->connected_ && self->reason_.empty()) {
             self->reason_ = "connect timeout";
+        }
+        if (self->tls_ && !self->tls_->handshake_done()) {
+            self->tls_failed("timeout");
+            return;
         }
         self->client_.timed_out();
         self->step();
@@ -265,6 +431,9 @@ private:
     uv_write_t wreq_{};
     std::string writing_;
     std::string reason_;
+    std::unique_ptr<tls::TlsClientStream> tls_;  // after the 220 to STARTTLS
+    std::shared_ptr<const tls::TlsClientConfig> tls_config_;
+    bool verify_ = false;
     char buf_[kLinkBuffer];
     int handles_ = 0;
     bool tcp_init_ = false;
@@ -311,7 +480,7 @@ void Outbound::route(const std::shared_ptr<const storage::Message>& msg,
         auto [it, fresh] = hops_.try_emplace(key);
         Hop& hop = it->second;
         if (fresh) {
-            hop.key = key;
+            hop.key = relay_name(t);
             hop.transport = t;
         }
         if (hop.queue.size() >= kMaxQueuedPerHop) {
@@ -360,6 +529,32 @@ void Outbound::link_closed(Link* link) {
         }
     }
     shard_.work_finished();
+}
+
+const Outbound::ClientTls& Outbound::client_tls() {
+    // Loaded on the loop, at most once per config generation: a CA bundle is one small
+    // file, read when the first next hop of a generation starts TLS.
+    std::string e;
+    if (!client_tls_.plain && client_tls_.plain_error.empty()) {
+        client_tls_.plain = tls::TlsClientConfig::load("", e);
+        client_tls_.plain_error = e;
+    }
+    const auto& cfg = shard_.snapshot()->config;
+    if (client_tls_.config != cfg) {
+        client_tls_.config = cfg;
+        client_tls_.verify.reset();
+        client_tls_.verify_error.clear();
+        if (!cfg->tls.ca_file.empty()) {
+            e.clear();
+            client_tls_.verify = tls::TlsClientConfig::load(cfg->tls.ca_file, e);
+            if (!client_tls_.verify) {
+                client_tls_.verify_error = e;
+                LogLine(Level::error, "tls_out_config", shard_.index())
+                    .kv("ca_file", cfg->tls.ca_file).kv("error", e);
+            }
+        }
+    }
+    return client_tls_;
 }
 
 void Outbound::deliver_local(Job job) {

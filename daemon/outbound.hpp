@@ -12,6 +12,22 @@
 //
 // Trust: next hops are internal but still untrusted peers (their replies are parsed by
 // the client with limits); routes come from the config snapshot.
+//
+// STARTTLS to the next hop (RFC 3207), per route (`smtp://HOST:PORT?starttls=MODE`):
+// - off: never, even when offered.
+// - optional (the default): when offered, encrypted but not verified (opportunistic,
+//   RFC 7435). If the handshake fails, the recipients are deferred and the hop is sent
+//   to in plaintext for kTlsFallback (what Postfix does at security level "may": a next
+//   hop with broken TLS must not stop mail that `off` would deliver).
+// - required: no STARTTLS offered, a refusal or a failed handshake defers the recipients
+//   (never plaintext). With [tls] ca_file the certificate must chain to one of its CAs
+//   and name the route's host (the config refuses an IP-literal host with ca_file, as
+//   mbedTLS 2.28 cannot match addresses); without it, the link is encrypted but not
+//   authenticated (the config warns).
+// Messages keep the route they were spooled with: links for the same host and port with
+// different modes are different hops, so a `required` message never rides a link set up
+// as `optional`. Each hop keeps its last TLS session to resume (RFC 5077). One log line
+// per handshake: event=tls_out relay result verified version cipher | error.
 
 #include <uv.h>
 
@@ -31,6 +47,11 @@
 namespace sluice {
 
 class Shard;
+
+namespace tls {
+class TlsClientConfig;
+class TlsSession;
+}  // namespace tls
 
 class Outbound {
 public:
@@ -63,10 +84,25 @@ private:
         std::string session;                // for log lines
     };
     struct Hop {
-        std::string key;                    // "127.0.0.1:2526"
+        std::string key;                    // "127.0.0.1:2526" (the relay= of log lines)
         Transport transport;
         std::deque<Job> queue;
         std::set<Link*> links;
+        // The last TLS session and the client config it was made with: resumed only with
+        // that same config (a new CA file must not inherit an old verification).
+        std::shared_ptr<const tls::TlsSession> tls_session;
+        std::shared_ptr<const tls::TlsClientConfig> tls_session_config;
+        // starttls=optional after a failed handshake: plaintext until then.
+        std::chrono::steady_clock::time_point plaintext_until{};
+    };
+    // Outbound TLS settings of this shard: `plain` (no CA) is built once, `verify`
+    // (tls.ca_file) once per config generation, on first use.
+    struct ClientTls {
+        std::shared_ptr<const tls::TlsClientConfig> plain;
+        std::string plain_error;
+        std::shared_ptr<const Config> config;  // the generation `verify` was built for
+        std::shared_ptr<const tls::TlsClientConfig> verify;
+        std::string verify_error;
     };
 
     void route(const std::shared_ptr<const storage::Message>& msg,
@@ -80,6 +116,7 @@ private:
                 const std::vector<std::pair<std::size_t, smtp::RecipientResult>>& failed);
     void load(const storage::QueueId& id);
     void link_closed(Link* link);
+    const ClientTls& client_tls();
 
     Shard& shard_;
     storage::Spool& spool_;
@@ -90,6 +127,7 @@ private:
     std::size_t links_ = 0;
     std::size_t loads_ = 0;
     bool draining_ = false;
+    ClientTls client_tls_;
 
     friend class Link;
 };

@@ -1,6 +1,7 @@
 #include "daemon/server.hpp"
 
 #include "daemon/snapshot.hpp"
+#include "storage/spool_ops.hpp"
 
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -219,25 +220,8 @@ int Server::run(std::shared_ptr<const Config> config) {
     for (auto& s : shards_) {
         s->start();
     }
-    // Recovery: every queued message goes to one shard (by id) to be delivered.
-    {
-        auto pending = spool_->pending();
-        std::vector<std::vector<storage::QueueId>> per_shard(shards_.size());
-        for (auto& e : pending) {
-            per_shard[std::hash<std::string>{}(e.id) % shards_.size()].push_back(e.id);
-        }
-        auto now = std::chrono::system_clock::now();
-        for (std::size_t i = 0; i < shards_.size(); ++i) {
-            shards_[i]->post([ids = std::move(per_shard[i]), now](Shard& sh) {
-                for (const auto& id : ids) {
-                    if (sh.outbound() != nullptr) {
-                        sh.outbound()->schedule(id, now);
-                    }
-                }
-            });
-        }
-        LogLine(Level::info, "recovered").kv("messages", static_cast<std::uint64_t>(pending.size()));
-    }
+    // Recovery: every message that was answered 250 and is not final is delivered.
+    schedule_pending();
     {
         LogLine line(Level::info, "started");
         line.kv("version", SLUICE_VERSION).kv("shards", config->server.shards).kv("config", config->path);
@@ -402,8 +386,87 @@ void Server::handle_control(control::Request request, control::ControlServer::Re
             respond(control::explain(*snapshot_, *explain_maps_, *args));
             return;
         }
+        case control::Command::queue:
+            queue_command(request.body, std::move(respond));
+            return;
     }
     respond(control::error_reply("unknown command"));
+}
+
+namespace {
+
+// `sluicectl queue ...` against the live spool: the same functions as offline, run on the
+// thread pool because operator actions write durably.
+struct QueueJob {
+    uv_work_t req{};
+    Server* server = nullptr;
+    storage::Spool* spool = nullptr;
+    storage::QueueCommand cmd;
+    storage::QueueOutput out;
+    control::ControlServer::Respond respond;
+};
+
+}  // namespace
+
+void Server::queue_command(const nlohmann::json& body, control::ControlServer::Respond respond) {
+    std::vector<std::string> args;
+    if (body.contains("args") && body["args"].is_array()) {
+        for (const auto& a : body["args"]) {
+            if (!a.is_string()) {
+                respond(control::error_reply("queue: args must be strings"));
+                return;
+            }
+            args.push_back(a.get<std::string>());
+        }
+    }
+    auto cmd = storage::parse_queue_command(args);
+    if (!cmd.ok()) {
+        respond(nlohmann::json{{"ok", true}, {"exit", 2}, {"out", ""}, {"err", cmd.error().message}});
+        return;
+    }
+    auto* job = new QueueJob;
+    job->req.data = job;
+    job->server = this;
+    job->spool = spool_.get();
+    job->cmd = std::move(*cmd);
+    job->respond = std::move(respond);
+    uv_queue_work(
+        &loop_, &job->req,
+        [](uv_work_t* r) {
+            auto* j = static_cast<QueueJob*>(r->data);
+            j->out = storage::run_queue_command(*j->spool, j->cmd);
+        },
+        [](uv_work_t* r, int) {
+            std::unique_ptr<QueueJob> j(static_cast<QueueJob*>(r->data));
+            if (j->cmd.verb == storage::QueueCommand::Verb::flush ||
+                j->cmd.verb == storage::QueueCommand::Verb::release) {
+                j->server->schedule_pending();  // what became due is delivered now
+            }
+            j->respond(nlohmann::json{{"ok", true},
+                                      {"exit", j->out.exit_code},
+                                      {"out", j->out.out},
+                                      {"err", j->out.err}});
+        });
+}
+
+void Server::schedule_pending() {
+    // Every queued message goes to one shard (by id), which loads it and delivers what is due.
+    auto pending = spool_->pending();
+    std::vector<std::vector<storage::QueueId>> per_shard(shards_.size());
+    for (auto& e : pending) {
+        per_shard[std::hash<std::string>{}(e.id) % shards_.size()].push_back(e.id);
+    }
+    auto now = std::chrono::system_clock::now();
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+        shards_[i]->post([ids = std::move(per_shard[i]), now](Shard& sh) {
+            for (const auto& id : ids) {
+                if (sh.outbound() != nullptr) {
+                    sh.outbound()->schedule(id, now);
+                }
+            }
+        });
+    }
+    LogLine(Level::info, "scheduled").kv("messages", static_cast<std::uint64_t>(pending.size()));
 }
 
 void Server::reload(ReloadDone done) {
@@ -499,6 +562,17 @@ void Server::validated(ReloadJob& job) {
             return;
         }
     }
+    // The certificate of the new generation: a bad file keeps the old one serving.
+    std::string tls_error;
+    auto built = make_snapshot(config, snapshot_->generation + 1, tls_error);
+    if (!built) {
+        close_added();
+        auto it = after.sources.find("tls.certificate");
+        reload_failed({(it == after.sources.end() ? after.path : position(it->second)) +
+                       ": tls: " + tls_error},
+                      warnings);
+        return;
+    }
     // The stats endpoint moves last: its new address is the last thing that can fail.
     auto stats_text = [](const Config& c) { return c.stats.address ? format_sockaddr(*c.stats.address) : ""; };
     if (stats_text(before) != stats_text(after) && after.stats.address) {
@@ -515,10 +589,7 @@ void Server::validated(ReloadJob& job) {
     }
 
     // Commit: from here nothing fails.
-    auto snap = std::make_shared<Snapshot>();
-    snap->config = config;
-    snap->rules = policy::Rules::from_config(after);
-    snap->generation = snapshot_->generation + 1;
+    auto snap = built;
     auto describe = [](const ListenerConfig& l) { return l.name + " (" + format_sockaddr(l.address) + ")"; };
     nlohmann::json changed;
     changed["keys"] = control::changed_keys(flat_config_, job.flat);

@@ -60,6 +60,8 @@ public:
     int run(std::shared_ptr<const Config> config);
 
 private:
+    void queue_command(const nlohmann::json& body, control::ControlServer::Respond respond);
+    void schedule_pending();
     // Completes one reload request with its reply ({"ok":...}, control protocol).
     using ReloadDone = std::function<void(nlohmann::json)>;
     struct ReloadJob;

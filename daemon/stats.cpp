@@ -2,7 +2,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-
 #include <nlohmann/json.hpp>
 
 #include "common/log.hpp"
@@ -61,7 +60,7 @@ std::string seconds(double v) {
 }
 
 class Writer {
-public:
+  public:
     void family(std::string_view name, std::string_view type, std::string_view help) {
         out_ += "# HELP ";
         out_ += name;
@@ -90,7 +89,7 @@ public:
     }
     std::string take() { return std::move(out_); }
 
-private:
+  private:
     std::string out_;
 };
 
@@ -114,51 +113,72 @@ nlohmann::json by_result_json(const ByResult<E>& values) {
 
 std::string_view result_name(ConnResult r) {
     switch (r) {
-        case ConnResult::accepted: return "accepted";
-        case ConnResult::filtered: return "filtered";
-        case ConnResult::over_limit: return "over_limit";
-        case ConnResult::shutting_down: return "shutting_down";
-        case ConnResult::count_: break;
+        case ConnResult::accepted:
+            return "accepted";
+        case ConnResult::filtered:
+            return "filtered";
+        case ConnResult::over_limit:
+            return "over_limit";
+        case ConnResult::shutting_down:
+            return "shutting_down";
+        case ConnResult::count_:
+            break;
     }
     return "unknown";
 }
 
 std::string_view result_name(MsgResult r) {
     switch (r) {
-        case MsgResult::accepted: return "accepted";
-        case MsgResult::rejected: return "rejected";
-        case MsgResult::failed: return "failed";
-        case MsgResult::count_: break;
+        case MsgResult::accepted:
+            return "accepted";
+        case MsgResult::rejected:
+            return "rejected";
+        case MsgResult::failed:
+            return "failed";
+        case MsgResult::count_:
+            break;
     }
     return "unknown";
 }
 
 std::string_view result_name(DeliveryResult r) {
     switch (r) {
-        case DeliveryResult::delivered: return "delivered";
-        case DeliveryResult::deferred: return "deferred";
-        case DeliveryResult::bounced: return "bounced";
-        case DeliveryResult::count_: break;
+        case DeliveryResult::delivered:
+            return "delivered";
+        case DeliveryResult::deferred:
+            return "deferred";
+        case DeliveryResult::bounced:
+            return "bounced";
+        case DeliveryResult::count_:
+            break;
     }
     return "unknown";
 }
 
 std::string_view result_name(TlsResult r) {
     switch (r) {
-        case TlsResult::ok: return "ok";
-        case TlsResult::resumed: return "resumed";
-        case TlsResult::failed: return "failed";
-        case TlsResult::count_: break;
+        case TlsResult::ok:
+            return "ok";
+        case TlsResult::resumed:
+            return "resumed";
+        case TlsResult::failed:
+            return "failed";
+        case TlsResult::count_:
+            break;
     }
     return "unknown";
 }
 
 std::string_view result_name(AuthResult r) {
     switch (r) {
-        case AuthResult::ok: return "ok";
-        case AuthResult::failed: return "failed";
-        case AuthResult::aborted: return "aborted";
-        case AuthResult::count_: break;
+        case AuthResult::ok:
+            return "ok";
+        case AuthResult::failed:
+            return "failed";
+        case AuthResult::aborted:
+            return "aborted";
+        case AuthResult::count_:
+            break;
     }
     return "unknown";
 }
@@ -215,10 +235,12 @@ std::string render_prometheus(const Totals& t) {
     w.family("sluice_build_info", "gauge", "Build of the running daemon (always 1).");
     w.sample("sluice_build_info", "version=\"" + label_value(t.server.version) + "\"", 1);
 
-    w.family("sluice_start_time_seconds", "gauge", "Start time of the daemon, seconds since the Unix epoch.");
+    w.family("sluice_start_time_seconds", "gauge",
+             "Start time of the daemon, seconds since the Unix epoch.");
     w.sample("sluice_start_time_seconds", "", seconds(t.server.start_time));
 
-    w.family("sluice_config_generation", "gauge", "Configuration generation in service (1 at start, +1 per successful reload).");
+    w.family("sluice_config_generation", "gauge",
+             "Configuration generation in service (1 at start, +1 per successful reload).");
     w.sample("sluice_config_generation", "", t.server.generation);
 
     w.family("sluice_config_reloads_total", "counter", "Configuration reloads, by result.");
@@ -238,7 +260,8 @@ std::string render_prometheus(const Totals& t) {
     w.family("sluice_sessions_active", "gauge", "SMTP sessions open now.");
     w.sample("sluice_sessions_active", "", std::to_string(t.sessions_active));
 
-    w.family("sluice_relay_decisions_total", "counter", "Policy decisions, by decision code (PRODUCT.md section 3).");
+    w.family("sluice_relay_decisions_total", "counter",
+             "Policy decisions, by decision code (PRODUCT.md section 3).");
     for (std::size_t i = 0; i < kCodes; ++i) {
         w.sample("sluice_relay_decisions_total",
                  "code=\"" + std::string(policy::code_name(static_cast<policy::Code>(i))) + "\"",
@@ -265,8 +288,8 @@ std::string render_prometheus(const Totals& t) {
 
     w.family("sluice_session_duration_seconds", "histogram", "Duration of SMTP sessions.");
     for (std::size_t i = 0; i < kDurationBuckets.size(); ++i) {
-        w.sample("sluice_session_duration_seconds_bucket", "le=\"" + number(kDurationBuckets[i]) + "\"",
-                 t.duration_buckets[i]);
+        w.sample("sluice_session_duration_seconds_bucket",
+                 "le=\"" + number(kDurationBuckets[i]) + "\"", t.duration_buckets[i]);
     }
     w.sample("sluice_session_duration_seconds_bucket", "le=\"+Inf\"", t.duration_count);
     w.sample("sluice_session_duration_seconds_sum", "", seconds(t.duration_sum));
@@ -445,8 +468,8 @@ namespace {
 
 std::string response(int code, std::string_view content_type, const std::string& body, bool head,
                      std::string_view extra = {}) {
-    std::string out = "HTTP/1.1 " + std::to_string(code) + " " +
-                      std::string(http::reason_phrase(code)) + "\r\n";
+    std::string out =
+        "HTTP/1.1 " + std::to_string(code) + " " + std::string(http::reason_phrase(code)) + "\r\n";
     out += "Content-Type: ";
     out += content_type;
     out += "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
@@ -490,28 +513,28 @@ void StatsServer::send(Client& c, std::string text) {
     c.out = std::move(text);
     c.write.data = &c;
     uv_buf_t b = uv_buf_init(c.out.data(), static_cast<unsigned>(c.out.size()));
-    int rc = uv_write(&c.write, reinterpret_cast<uv_stream_t*>(&c.tcp), &b, 1,
-                      [](uv_write_t* w, int status) {
-                          auto* cl = static_cast<Client*>(w->data);
-                          if (cl->closing) {
-                              return;
-                          }
-                          if (status < 0) {
-                              cl->server->close_client(*cl);
-                              return;
-                          }
-                          // Half-close, then wait briefly for the client's EOF: closing with
-                          // unread input would reset the connection and could destroy the
-                          // reply before the client read it.
-                          cl->shutdown.data = cl;
-                          int r = uv_shutdown(&cl->shutdown, reinterpret_cast<uv_stream_t*>(&cl->tcp),
-                                              [](uv_shutdown_t*, int) {});
-                          if (r != 0) {
-                              cl->server->close_client(*cl);
-                              return;
-                          }
-                          uv_timer_start(&cl->timer, on_timer, limits::linger_ms, 0);
-                      });
+    int rc = uv_write(
+        &c.write, reinterpret_cast<uv_stream_t*>(&c.tcp), &b, 1, [](uv_write_t* w, int status) {
+            auto* cl = static_cast<Client*>(w->data);
+            if (cl->closing) {
+                return;
+            }
+            if (status < 0) {
+                cl->server->close_client(*cl);
+                return;
+            }
+            // Half-close, then wait briefly for the client's EOF: closing with
+            // unread input would reset the connection and could destroy the
+            // reply before the client read it.
+            cl->shutdown.data = cl;
+            int r = uv_shutdown(&cl->shutdown, reinterpret_cast<uv_stream_t*>(&cl->tcp),
+                                [](uv_shutdown_t*, int) {});
+            if (r != 0) {
+                cl->server->close_client(*cl);
+                return;
+            }
+            uv_timer_start(&cl->timer, on_timer, limits::linger_ms, 0);
+        });
     if (rc != 0) {
         close_client(c);
     }

@@ -27,12 +27,11 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <set>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "common/net.hpp"
 #include "daemon/http.hpp"
@@ -56,15 +55,15 @@ using ByResult = std::array<std::uint64_t, static_cast<std::size_t>(E::count_)>;
 struct Totals {
     std::map<std::string, ByResult<ConnResult>> connections;  // by listener name
     std::int64_t sessions_active = 0;
-    std::array<std::uint64_t, kDecisionCodes> decisions{};    // by policy::Code
+    std::array<std::uint64_t, kDecisionCodes> decisions{};  // by policy::Code
     ByResult<MsgResult> messages{};
     ByResult<DeliveryResult> deliveries{};
     ByResult<TlsResult> tls_handshakes{};
     ByResult<AuthResult> auth{};
     std::uint64_t bytes_received = 0;
     std::array<std::uint64_t, kDurationBuckets.size()> duration_buckets{};  // cumulative
-    std::uint64_t duration_count = 0;  // also the +Inf bucket
-    double duration_sum = 0;           // seconds
+    std::uint64_t duration_count = 0;                                       // also the +Inf bucket
+    double duration_sum = 0;                                                // seconds
     std::vector<std::uint64_t> shard_generations;
     ServerNumbers server;
 };
@@ -83,7 +82,7 @@ std::string_view result_name(TlsResult r);
 std::string_view result_name(AuthResult r);
 
 namespace limits {
-inline constexpr std::size_t max_clients = 32;            // more are closed at once
+inline constexpr std::size_t max_clients = 32;             // more are closed at once
 inline constexpr std::uint64_t request_timeout_ms = 5000;  // whole request head: 408 beyond
 inline constexpr std::uint64_t linger_ms = 2000;           // after the reply, waiting for EOF
 inline constexpr std::size_t linger_bytes = 64 * 1024;     // discarded after the reply at most
@@ -91,7 +90,7 @@ inline constexpr int backlog = 64;
 }  // namespace limits
 
 class StatsServer {
-public:
+  public:
     // `metrics` renders the /metrics body; it runs on the loop thread for each scrape.
     StatsServer(uv_loop_t* loop, std::function<std::string()> metrics,
                 std::uint64_t request_timeout_ms = limits::request_timeout_ms);
@@ -114,7 +113,7 @@ public:
     std::size_t clients() const { return clients_.size(); }
     std::uint64_t requests() const { return requests_; }
 
-private:
+  private:
     struct Listener;
     struct Client;
 

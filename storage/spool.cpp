@@ -597,9 +597,6 @@ struct Spool::Impl {
             return errno_error(errno, "stat " + path);
         }
         auto size = static_cast<std::uint64_t>(st.st_size);
-        Segment& seg = segs[s];
-        seg.fd = fd;
-        seg.sealed = true;
 
         std::string buf;  // window [buf_off, buf_off + buf.size())
         std::uint64_t buf_off = 0;
@@ -639,8 +636,29 @@ struct Spool::Impl {
         std::uint64_t off = 0;
         std::string_view body;
         bool header_ok = next(0, body) && sf::decode_segment_header(body) == s;
+        if (!header_ok) {
+            // Empty: made just before a crash. Otherwise its first write was torn (never
+            // acknowledged) or the file is damaged or not ours: set it aside, never guess.
+            if (size == 0) {
+                ::unlink(path.c_str());
+                return {};
+            }
+            n_torn += size;
+            LogLine(Level::error, "spool_segment_set_aside")
+                .kv("segment", path)
+                .kv("bytes", size)
+                .kv("reason", "no valid header")
+                .kv("moved_to", path + ".bad");
+            if (::rename(path.c_str(), (path + ".bad").c_str()) != 0) {
+                return errno_error(errno, "rename " + path);
+            }
+            return {};
+        }
+        Segment& seg = segs[s];
+        seg.fd = fd;
+        seg.sealed = true;
         std::string why;
-        if (header_ok) {
+        {
             off = sf::kHeaderBytes + body.size();
             while (next(off, body)) {
                 auto len = static_cast<std::uint32_t>(body.size());
@@ -685,7 +703,7 @@ struct Spool::Impl {
                 .kv("segment", path)
                 .kv("offset", off)
                 .kv("dropped_bytes", size - off)
-                .kv("reason", why.empty() ? (header_ok ? "torn tail" : "no valid header") : why);
+                .kv("reason", why.empty() ? "torn tail" : why);
             if (::ftruncate(fd->get(), static_cast<off_t>(off)) != 0 ||
                 io->fdatasync(fd->get()) != 0) {
                 return errno_error(errno, "truncate " + path);

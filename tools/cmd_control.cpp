@@ -105,7 +105,8 @@ std::optional<json> ask(const Options& opts, const Common& c, const json& reques
         return std::nullopt;
     }
     if (reply->value("denied", false)) {
-        code = fail("cannot connect to " + path + ": " + reply->value("error", std::string("refused")));
+        code = fail("cannot connect to " + path + ": " +
+                    reply->value("error", std::string("refused")));
         return std::nullopt;
     }
     return reply;
@@ -144,7 +145,8 @@ std::string ms_text(const json& v) {
 }
 
 // "a.b.c value" for every leaf, in key order.
-void flatten(const json& j, const std::string& prefix, std::vector<std::pair<std::string, std::string>>& out) {
+void flatten(const json& j, const std::string& prefix,
+             std::vector<std::pair<std::string, std::string>>& out) {
     if (j.is_object()) {
         for (auto it = j.begin(); it != j.end(); ++it) {
             flatten(it.value(), prefix.empty() ? it.key() : prefix + "." + it.key(), out);
@@ -192,12 +194,13 @@ int cmd_reload(const Args& args, const Options& opts) {
         std::cout << w.get<std::string>() << "\n";
     }
     if (!ok) {
-        return fail("reload refused: " + reply->value("error", std::string("unknown error")), kProblem);
+        return fail("reload refused: " + reply->value("error", std::string("unknown error")),
+                    kProblem);
     }
     const json& ch = (*reply)["changed"];
-    std::cout << "reloaded: generation " << (*reply)["generation"].get<std::uint64_t>() << " (validated in "
-              << ms_text((*reply)["validate_ms"]) << ", every shard switched in "
-              << ms_text((*reply)["apply_ms"]) << ")\n";
+    std::cout << "reloaded: generation " << (*reply)["generation"].get<std::uint64_t>()
+              << " (validated in " << ms_text((*reply)["validate_ms"])
+              << ", every shard switched in " << ms_text((*reply)["apply_ms"]) << ")\n";
     bool any = false;
     const std::pair<const char*, const char*> rows[] = {
         {"keys", "keys changed"},
@@ -242,8 +245,8 @@ int cmd_status(const Args& args, const Options& opts) {
     }
     const json& r = *reply;
     std::cout << "sluiced " << r.value("version", std::string("?")) << ", up "
-              << duration_text(r.value("uptime_seconds", 0.0)) << (r.value("draining", false) ? ", DRAINING" : "")
-              << "\n";
+              << duration_text(r.value("uptime_seconds", 0.0))
+              << (r.value("draining", false) ? ", DRAINING" : "") << "\n";
     std::cout << "config:      " << r.value("config", std::string()) << "\n";
     std::cout << "generation:  " << r.value("generation", 0) << " (per shard: " << list_of([&] {
         json names = json::array();
@@ -251,17 +254,20 @@ int cmd_status(const Args& args, const Options& opts) {
             names.push_back(std::to_string(g.get<std::uint64_t>()));
         }
         return names;
-    }()) << ")" << (r.value("reload_in_progress", false) ? ", reload in progress" : "") << "\n";
+    }()) << ")"
+              << (r.value("reload_in_progress", false) ? ", reload in progress" : "") << "\n";
     std::cout << "shards:      " << r.value("shards", 0) << "\n";
     std::cout << "sessions:    " << r.value("sessions_active", 0) << " active\n";
     std::cout << "queue:       " << r.value("queue_messages", 0) << " messages\n";
     std::string stats = r.value("stats_address", std::string());
-    std::cout << "stats:       " << (stats.empty() ? "off" : "http://" + stats + "/metrics") << "\n";
+    std::cout << "stats:       " << (stats.empty() ? "off" : "http://" + stats + "/metrics")
+              << "\n";
     std::cout << "listeners:\n";
     for (const auto& l : r.value("listeners", json::array())) {
         char line[256];
-        std::snprintf(line, sizeof line, "  %-14s %-24s role=%-11s tls=%s\n", l.value("name", "").c_str(),
-                      l.value("address", "").c_str(), l.value("role", "").c_str(), l.value("tls", "").c_str());
+        std::snprintf(line, sizeof line, "  %-14s %-24s role=%-11s tls=%s\n",
+                      l.value("name", "").c_str(), l.value("address", "").c_str(),
+                      l.value("role", "").c_str(), l.value("tls", "").c_str());
         std::cout << line;
     }
     return kOk;
@@ -330,12 +336,14 @@ int cmd_explain(const Args& args, const Options& opts) {
             }
         }
         if (!known) {
-            return fail("explain: unexpected argument \"" + a + "\" (see sluicectl explain --help)");
+            return fail("explain: unexpected argument \"" + a +
+                        "\" (see sluicectl explain --help)");
         }
     }
     for (const char* required : {"client", "from", "to"}) {
         if (!request.contains(required)) {
-            return fail(std::string("explain needs --") + required + " (see sluicectl explain --help)");
+            return fail(std::string("explain needs --") + required +
+                        " (see sluicectl explain --help)");
         }
     }
     if (request["from"] == "") {
@@ -363,10 +371,10 @@ int cmd_explain(const Args& args, const Options& opts) {
     if (r.contains("deliver_to")) {
         std::cout << "deliver to: " << s("deliver_to") << "\n";
     }
-    std::cout << "envelope:   client " << s("client") << " on " << s("listener") << " (" << s("role")
-              << (r.value("tls", false) ? ", tls" : "") << (s("auth").empty() ? "" : ", auth " + s("auth"))
-              << "), from " << s("from") << " to " << s("to") << ", generation " << r.value("generation", 0)
-              << "\n";
+    std::cout << "envelope:   client " << s("client") << " on " << s("listener") << " ("
+              << s("role") << (r.value("tls", false) ? ", tls" : "")
+              << (s("auth").empty() ? "" : ", auth " + s("auth")) << "), from " << s("from")
+              << " to " << s("to") << ", generation " << r.value("generation", 0) << "\n";
     return kOk;
 }
 

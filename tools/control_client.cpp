@@ -3,14 +3,13 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <toml++/toml.h>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-
-#include <toml++/toml.h>
 
 #include "common/config.hpp"
 
@@ -109,9 +108,11 @@ std::optional<ControlClient> ControlClient::connect(const std::string& path, std
 }
 
 std::optional<nlohmann::json> ControlClient::call(const nlohmann::json& request,
-                                                  std::chrono::milliseconds timeout, std::string& error) {
+                                                  std::chrono::milliseconds timeout,
+                                                  std::string& error) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
-    std::string line = request.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    std::string line =
+        request.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     std::size_t off = 0;
     std::string send_error;
     while (off < line.size()) {
@@ -128,9 +129,11 @@ std::optional<nlohmann::json> ControlClient::call(const nlohmann::json& request,
     }
     std::size_t lf;
     while ((lf = buf_.find('\n')) == std::string::npos) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
         if (left.count() <= 0) {
-            error = "no reply from " + path_ + " within " + std::to_string(timeout.count() / 1000) + " s";
+            error = "no reply from " + path_ + " within " + std::to_string(timeout.count() / 1000) +
+                    " s";
             return std::nullopt;
         }
         pollfd p{fd_.get(), POLLIN, 0};
@@ -148,9 +151,10 @@ std::optional<nlohmann::json> ControlClient::call(const nlohmann::json& request,
             continue;
         }
         if (n <= 0) {
-            error = !send_error.empty() ? send_error
-                                        : "the daemon closed the connection on " + path_ +
-                                              (n < 0 ? std::string(": ") + std::strerror(errno) : std::string());
+            error = !send_error.empty()
+                        ? send_error
+                        : "the daemon closed the connection on " + path_ +
+                              (n < 0 ? std::string(": ") + std::strerror(errno) : std::string());
             return std::nullopt;
         }
         buf_.append(tmp, static_cast<std::size_t>(n));

@@ -8,10 +8,9 @@
 // waiting is bounded by the caller's timeout.
 
 #include <chrono>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "common/fd.hpp"
 
@@ -28,18 +27,18 @@ inline constexpr std::size_t kMaxReply = 16 * 1024 * 1024;
 std::optional<std::string> control_socket_path(const std::string& config_path, std::string& error);
 
 class ControlClient {
-public:
+  public:
     // nullopt and `error` = "cannot connect to PATH: reason" when the daemon is not there.
     static std::optional<ControlClient> connect(const std::string& path, std::string& error);
 
     // Sends `request`, waits up to `timeout` for the reply (a JSON object). nullopt and
     // `error` when the daemon closed, timed out, or answered something that is not one.
-    std::optional<nlohmann::json> call(const nlohmann::json& request, std::chrono::milliseconds timeout,
-                                       std::string& error);
+    std::optional<nlohmann::json> call(const nlohmann::json& request,
+                                       std::chrono::milliseconds timeout, std::string& error);
 
     const std::string& path() const { return path_; }
 
-private:
+  private:
     ControlClient(Fd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
 
     Fd fd_;

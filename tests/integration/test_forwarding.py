@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 
-from harness import Daemon, Raw, code, free_port
+from harness import SLUICECTL, Daemon, Raw, code, free_port
 from nexthop import NextHop
 
 
@@ -189,3 +189,35 @@ def test_kill_9_under_load_loses_nothing_that_got_250():
     finally:
         d.stop()
         hop.stop()
+
+
+def test_queue_commands_through_the_running_daemon():
+    port = free_port()
+    with forwarding_daemon(port) as d:
+        for sender in ["spammer@outside.test", "spammer@outside.test", "friend@outside.test"]:
+            with smtplib.SMTP("127.0.0.1", d.port) as s:
+                s.sendmail(sender, ["user@example.test"], "Subject: q\r\n\r\nbody\r\n")
+        assert wait_for(lambda: len(d.log_lines("deferred")) >= 3)
+
+        def ctl(*args):
+            return subprocess.run([SLUICECTL, "--config", str(d.config), *args],
+                                  capture_output=True, text=True, timeout=60)
+        r = ctl("queue", "list", "--json")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("spammer@outside.test") == 2 and "friend@outside.test" in r.stdout
+        r = ctl("queue", "purge", "--sender", "spammer@outside.test", "--dry-run")
+        assert r.returncode == 0, r.stderr
+        assert "2" in r.stdout
+        r = ctl("queue", "purge", "--sender", "spammer@outside.test")
+        assert r.returncode == 0, r.stderr
+        r = ctl("queue", "list")
+        assert "spammer@outside.test" not in r.stdout and "friend@outside.test" in r.stdout
+        # The next hop comes back; flush retries now instead of on the schedule.
+        hop = NextHop(port).start()
+        try:
+            r = ctl("queue", "flush")
+            assert r.returncode == 0, r.stderr
+            msgs = wait_for(lambda: hop.recorder.snapshot(), 15)
+            assert [m[0] for m in msgs] == ["friend@outside.test"]
+        finally:
+            hop.stop()

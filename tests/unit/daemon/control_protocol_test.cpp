@@ -1,8 +1,6 @@
 // The control protocol: line framing at every fragment size, request validation, what
 // explain/status answer, the reload report helpers, and the socket server on a real loop.
 
-#include "daemon/control.hpp"
-
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -18,6 +16,7 @@
 #include <fstream>
 #include <thread>
 
+#include "daemon/control.hpp"
 #include "storage/maps.hpp"
 
 using namespace sluice;
@@ -43,8 +42,10 @@ std::vector<std::string> lines_at(const std::string& input, std::size_t fragment
 }  // namespace
 
 TEST(LineReader, SameLinesAtEveryFragmentSize) {
-    const std::string input = "{\"cmd\":\"status\"}\n\r\n{\"cmd\":\"stats\"}\r\nab\rc\n{\"partial\"";
-    const std::vector<std::string> want = {"{\"cmd\":\"status\"}", "", "{\"cmd\":\"stats\"}", "ab\rc"};
+    const std::string input =
+        "{\"cmd\":\"status\"}\n\r\n{\"cmd\":\"stats\"}\r\nab\rc\n{\"partial\"";
+    const std::vector<std::string> want = {"{\"cmd\":\"status\"}", "", "{\"cmd\":\"stats\"}",
+                                           "ab\rc"};
     for (std::size_t f = 1; f <= input.size(); ++f) {
         bool overflow = true;
         EXPECT_EQ(lines_at(input, f, overflow), want) << "fragment " << f;
@@ -58,7 +59,8 @@ TEST(LineReader, OverflowAtEveryFragmentSize) {
     std::string too_long = std::string(max + 1, 'b') + "\n";
     for (std::size_t f = 1; f <= too_long.size() + fits.size(); ++f) {
         bool overflow = false;
-        EXPECT_EQ(lines_at(fits, f, overflow, max), std::vector<std::string>{std::string(max, 'a')});
+        EXPECT_EQ(lines_at(fits, f, overflow, max),
+                  std::vector<std::string>{std::string(max, 'a')});
         EXPECT_FALSE(overflow) << f;
         auto got = lines_at(fits + too_long + fits, f, overflow, max);
         EXPECT_TRUE(overflow) << f;
@@ -90,7 +92,8 @@ TEST(Protocol, ParsesRequests) {
     auto ok = parse_request(R"({"cmd":"reload"})");
     ASSERT_TRUE(ok.request);
     EXPECT_EQ(ok.request->cmd, Command::reload);
-    auto ex = parse_request(R"({"cmd":"explain","client":"192.0.2.1","from":"a@b.test","to":"c@d.test"})");
+    auto ex = parse_request(
+        R"({"cmd":"explain","client":"192.0.2.1","from":"a@b.test","to":"c@d.test"})");
     ASSERT_TRUE(ex.request);
     EXPECT_EQ(ex.request->cmd, Command::explain);
     EXPECT_EQ(ex.request->body["client"], "192.0.2.1");
@@ -124,8 +127,11 @@ TEST(Protocol, RejectsBadRequestsWithAReason) {
 
 TEST(Protocol, ExplainArguments) {
     std::string e;
-    auto a = parse_explain_args(json{{"client", "192.0.2.1"}, {"from", "a@b.test"}, {"to", "c@d.test"},
-                                     {"auth", "alice"}, {"tls", true}},
+    auto a = parse_explain_args(json{{"client", "192.0.2.1"},
+                                     {"from", "a@b.test"},
+                                     {"to", "c@d.test"},
+                                     {"auth", "alice"},
+                                     {"tls", true}},
                                 e);
     ASSERT_TRUE(a) << e;
     EXPECT_EQ(a->auth, "alice");
@@ -135,7 +141,8 @@ TEST(Protocol, ExplainArguments) {
     EXPECT_EQ(e, "explain needs \"client\"");
     EXPECT_FALSE(parse_explain_args(json{{"client", 5}, {"from", "a@b"}, {"to", "c@d"}}, e));
     EXPECT_EQ(e, "explain: \"client\" must be a string");
-    EXPECT_FALSE(parse_explain_args(json{{"client", "1.2.3.4"}, {"from", "a"}, {"to", "c"}, {"tls", "yes"}}, e));
+    EXPECT_FALSE(parse_explain_args(
+        json{{"client", "1.2.3.4"}, {"from", "a"}, {"to", "c"}, {"tls", "yes"}}, e));
 }
 
 TEST(Protocol, EncodeIsOneLineOfValidUtf8) {
@@ -175,9 +182,10 @@ local = ["example.test"]
 )";
 
 class Live : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
-        dir_ = std::filesystem::temp_directory_path() / ("sluice-ctl-" + std::to_string(::getpid()));
+        dir_ =
+            std::filesystem::temp_directory_path() / ("sluice-ctl-" + std::to_string(::getpid()));
         std::filesystem::create_directories(dir_);
         auto r = load_config_text(kConfig, "/etc/sluice/test.toml");
         ASSERT_TRUE(r.ok()) << (r.diagnostics.empty() ? "" : r.diagnostics[0].str());
@@ -204,7 +212,8 @@ protected:
 }  // namespace
 
 TEST_F(Live, ExplainLocalAndDeniedRelay) {
-    auto local = run({{"client", "203.0.113.9"}, {"from", "a@outside.test"}, {"to", "User@Example.TEST"}});
+    auto local =
+        run({{"client", "203.0.113.9"}, {"from", "a@outside.test"}, {"to", "User@Example.TEST"}});
     EXPECT_EQ(local["ok"], true);
     EXPECT_EQ(local["code"], "L101");
     EXPECT_EQ(local["verdict"], "accept");
@@ -212,33 +221,42 @@ TEST_F(Live, ExplainLocalAndDeniedRelay) {
     EXPECT_EQ(local["generation"], 4);
     EXPECT_EQ(local["listener"], "mx");
 
-    auto relay = run({{"client", "203.0.113.9"}, {"from", "a@outside.test"}, {"to", "b@elsewhere.test"}});
+    auto relay =
+        run({{"client", "203.0.113.9"}, {"from", "a@outside.test"}, {"to", "b@elsewhere.test"}});
     EXPECT_EQ(relay["code"], "D111");
     EXPECT_EQ(relay["verdict"], "reject");
     EXPECT_EQ(relay["reply"].get<std::string>().substr(0, 9), "554 5.7.1");
     EXPECT_FALSE(relay["rule"].get<std::string>().empty());
     EXPECT_FALSE(relay["source"].get<std::string>().empty());
 
-    auto routed = run({{"client", "203.0.113.9"}, {"from", "a@outside.test"}, {"to", "b%elsewhere.test@example.test"}});
+    auto routed = run({{"client", "203.0.113.9"},
+                       {"from", "a@outside.test"},
+                       {"to", "b%elsewhere.test@example.test"}});
     EXPECT_EQ(routed["code"], "D113");
 }
 
 TEST_F(Live, ExplainUsesTheLiveMaps) {
-    auto before = run({{"client", "10.1.2.3"}, {"from", "a@inside.test"}, {"to", "b@elsewhere.test"}});
+    auto before =
+        run({{"client", "10.1.2.3"}, {"from", "a@inside.test"}, {"to", "b@elsewhere.test"}});
     EXPECT_EQ(before["code"], "D111");
     auto pub = storage::publish_map(dir_.string(), policy::MapId::privileged_networks,
                                     {{"10.1.0.0/16", "office", "nets.txt:3"}});
     ASSERT_TRUE(pub.ok());
-    auto after = run({{"client", "10.1.2.3"}, {"from", "a@inside.test"}, {"to", "b@elsewhere.test"}});
+    auto after =
+        run({{"client", "10.1.2.3"}, {"from", "a@inside.test"}, {"to", "b@elsewhere.test"}});
     EXPECT_EQ(after["code"], "G107");
     EXPECT_EQ(after["verdict"], "accept");
-    EXPECT_NE(after["rule"].get<std::string>().find("10.1.0.0/16"), std::string::npos) << after.dump();
+    EXPECT_NE(after["rule"].get<std::string>().find("10.1.0.0/16"), std::string::npos)
+        << after.dump();
     EXPECT_EQ(after["source"], "nets.txt:3");
 }
 
 TEST_F(Live, ExplainOnAListenerAndAuthenticated) {
-    auto sub = run({{"client", "198.51.100.7"}, {"from", "alice@example.test"}, {"to", "x@elsewhere.test"},
-                    {"listener", "submission"}, {"auth", "alice"}});
+    auto sub = run({{"client", "198.51.100.7"},
+                    {"from", "alice@example.test"},
+                    {"to", "x@elsewhere.test"},
+                    {"listener", "submission"},
+                    {"auth", "alice"}});
     EXPECT_EQ(sub["listener"], "submission");
     EXPECT_EQ(sub["tls"], true);  // tls = "required": MAIL comes after STARTTLS
     EXPECT_EQ(sub["code"], "G108");
@@ -248,12 +266,14 @@ TEST_F(Live, ExplainErrors) {
     auto bad_ip = run({{"client", "not-an-ip"}, {"from", "a@b.test"}, {"to", "c@d.test"}});
     EXPECT_EQ(bad_ip["ok"], false);
     EXPECT_EQ(bad_ip["error"], "client \"not-an-ip\" is not an IP address");
-    auto bad_listener = run({{"client", "192.0.2.1"}, {"from", "a@b.test"}, {"to", "c@d.test"}, {"listener", "x"}});
+    auto bad_listener =
+        run({{"client", "192.0.2.1"}, {"from", "a@b.test"}, {"to", "c@d.test"}, {"listener", "x"}});
     EXPECT_EQ(bad_listener["ok"], false);
     EXPECT_EQ(bad_listener["error"], "no listener named \"x\" (listeners: mx, submission)");
     auto bad_rcpt = run({{"client", "192.0.2.1"}, {"from", "a@b.test"}, {"to", "c@@d.test"}});
     EXPECT_EQ(bad_rcpt["ok"], false);
-    EXPECT_NE(bad_rcpt["error"].get<std::string>().find("recipient <c@@d.test>: syntax"), std::string::npos);
+    EXPECT_NE(bad_rcpt["error"].get<std::string>().find("recipient <c@@d.test>: syntax"),
+              std::string::npos);
     auto null_sender = run({{"client", "192.0.2.1"}, {"from", "<>"}, {"to", "user@example.test"}});
     EXPECT_EQ(null_sender["ok"], true);
     EXPECT_EQ(null_sender["from"], "<>");
@@ -278,24 +298,28 @@ TEST_F(Live, Status) {
 }
 
 TEST(ReloadReport, ChangedKeys) {
-    const char* a = "[relay]\nenabled = true\n[domains]\nlocal = [\"a.test\"]\n[routes]\n"
-                    "\"a.test\" = \"maildir:x\"\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:1\"\n";
-    const char* b = "[relay]\nenabled = true\nprivileged_networks = true\n[domains]\n"
-                    "local = [\"a.test\", \"b.test\"]\n[routes]\n\"a.test\" = \"maildir:y\"\n"
-                    "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2\"\n";
+    const char* a =
+        "[relay]\nenabled = true\n[domains]\nlocal = [\"a.test\"]\n[routes]\n"
+        "\"a.test\" = \"maildir:x\"\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:1\"\n";
+    const char* b =
+        "[relay]\nenabled = true\nprivileged_networks = true\n[domains]\n"
+        "local = [\"a.test\", \"b.test\"]\n[routes]\n\"a.test\" = \"maildir:y\"\n"
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2\"\n";
     auto fa = flatten_config(a, "a.toml");
     auto fb = flatten_config(b, "b.toml");
     EXPECT_EQ(fa.at("listener.mx.address"), "'127.0.0.1:1'");
-    EXPECT_EQ(changed_keys(fa, fb), (std::vector<std::string>{
-                                        "domains.local", "relay.privileged_networks", "routes.\"a.test\""}));
+    EXPECT_EQ(changed_keys(fa, fb),
+              (std::vector<std::string>{"domains.local", "relay.privileged_networks",
+                                        "routes.\"a.test\""}));
     EXPECT_TRUE(changed_keys(fa, fa).empty());
     EXPECT_TRUE(flatten_config("[broken", "c.toml").empty());
 }
 
 TEST(ReloadReport, ListenerPlanKeepsSocketsByAddress) {
     auto load = [](const std::string& listeners) {
-        auto r = load_config_text("[server]\nshards = 2\n[tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n" +
-                                      listeners, "/x/s.toml");
+        auto r = load_config_text(
+            "[server]\nshards = 2\n[tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n" + listeners,
+            "/x/s.toml");
         EXPECT_TRUE(r.ok()) << (r.diagnostics.empty() ? "" : r.diagnostics[0].str());
         return r.config;
     };
@@ -304,7 +328,8 @@ TEST(ReloadReport, ListenerPlanKeepsSocketsByAddress) {
         "[[listener]]\nname = \"old\"\naddress = \"127.0.0.1:2526\"\n"
         "[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:2587\"\nrole = \"submission\"\n");
     auto after = load(
-        "[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:2587\"\nrole = \"submission\"\ntls = \"required\"\n"
+        "[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:2587\"\nrole = \"submission\"\ntls = "
+        "\"required\"\n"
         "[[listener]]\nname = \"new\"\naddress = \"127.0.0.1:2600\"\n"
         "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n");
     auto p = plan_listeners(*before, *after);
@@ -314,25 +339,33 @@ TEST(ReloadReport, ListenerPlanKeepsSocketsByAddress) {
     EXPECT_TRUE(restart_only_changes(*before, *after).empty());
 
     auto more_shards = load_config_text(
-        "[server]\nshards = 3\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n", "/x/s.toml");
+        "[server]\nshards = 3\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n",
+        "/x/s.toml");
     ASSERT_TRUE(more_shards.ok());
     auto errors = restart_only_changes(*before, *more_shards.config);
     ASSERT_EQ(errors.size(), 1u);
-    EXPECT_EQ(errors[0], "/x/s.toml:2:10: server.shards changes from 2 to 3: the number of shards cannot "
-                         "change while running; restart sluiced to apply");
+    EXPECT_EQ(errors[0],
+              "/x/s.toml:2:10: server.shards changes from 2 to 3: the number of shards cannot "
+              "change while running; restart sluiced to apply");
 }
 
 TEST(ReloadReport, MapStamps) {
-    auto dir = std::filesystem::temp_directory_path() / ("sluice-stamps-" + std::to_string(::getpid()));
+    auto dir =
+        std::filesystem::temp_directory_path() / ("sluice-stamps-" + std::to_string(::getpid()));
     std::filesystem::create_directories(dir);
     auto s0 = stamp_maps(dir.string());
     EXPECT_TRUE(s0.empty());
-    ASSERT_TRUE(storage::publish_map(dir.string(), policy::MapId::local_domains, {{"a.test", "", "x:1"}}).ok());
+    ASSERT_TRUE(
+        storage::publish_map(dir.string(), policy::MapId::local_domains, {{"a.test", "", "x:1"}})
+            .ok());
     auto s1 = stamp_maps(dir.string());
     EXPECT_EQ(changed_maps(s0, s1), std::vector<std::string>{"local_domains"});
     EXPECT_TRUE(changed_maps(s1, stamp_maps(dir.string())).empty());
-    ASSERT_TRUE(storage::publish_map(dir.string(), policy::MapId::local_domains, {{"b.test", "", "x:1"}}).ok());
-    EXPECT_EQ(changed_maps(s1, stamp_maps(dir.string())), std::vector<std::string>{"local_domains"});
+    ASSERT_TRUE(
+        storage::publish_map(dir.string(), policy::MapId::local_domains, {{"b.test", "", "x:1"}})
+            .ok());
+    EXPECT_EQ(changed_maps(s1, stamp_maps(dir.string())),
+              std::vector<std::string>{"local_domains"});
     std::filesystem::remove_all(dir);
 }
 
@@ -341,28 +374,33 @@ TEST(ReloadReport, MapStamps) {
 namespace {
 
 class Server : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
-        dir_ = std::filesystem::temp_directory_path() / ("sluice-ctlsock-" + std::to_string(::getpid()));
+        dir_ = std::filesystem::temp_directory_path() /
+               ("sluice-ctlsock-" + std::to_string(::getpid()));
         std::filesystem::create_directories(dir_);
         path_ = (dir_ / "control.sock").string();
         std::signal(SIGPIPE, SIG_IGN);  // as the daemon does: libuv does not
         uv_loop_init(&loop_);
         uv_timer_init(&loop_, &later_);
-        server_ = std::make_unique<ControlServer>(&loop_, [this](Request r, ControlServer::Respond respond) {
-            ++requests_;
-            if (r.cmd == Command::reload) {
-                // Answered later, from the loop, like a real reload.
-                pending_ = std::move(respond);
-                uv_timer_start(&later_, [](uv_timer_t* t) {
-                    auto* self = static_cast<Server*>(t->data);
-                    auto p = std::move(self->pending_);
-                    p(json{{"ok", true}, {"generation", 2}});
-                }, 50, 0);
-                return;
-            }
-            respond(json{{"ok", true}, {"cmd", std::string(command_name(r.cmd))}});
-        });
+        server_ = std::make_unique<ControlServer>(
+            &loop_, [this](Request r, ControlServer::Respond respond) {
+                ++requests_;
+                if (r.cmd == Command::reload) {
+                    // Answered later, from the loop, like a real reload.
+                    pending_ = std::move(respond);
+                    uv_timer_start(
+                        &later_,
+                        [](uv_timer_t* t) {
+                            auto* self = static_cast<Server*>(t->data);
+                            auto p = std::move(self->pending_);
+                            p(json{{"ok", true}, {"generation", 2}});
+                        },
+                        50, 0);
+                    return;
+                }
+                respond(json{{"ok", true}, {"cmd", std::string(command_name(r.cmd))}});
+            });
         later_.data = this;
         ASSERT_EQ(server_->listen(path_), "");
     }
@@ -453,7 +491,7 @@ protected:
 }  // namespace
 
 TEST_F(Server, SocketModeIs0660) {
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::stat(path_.c_str(), &st), 0);
     EXPECT_TRUE(S_ISSOCK(st.st_mode));
     EXPECT_EQ(st.st_mode & 0777, 0660u);
@@ -480,7 +518,7 @@ TEST_F(Server, GarbageGetsAnErrorAndTheConnectionStaysUsable) {
         send_all(fd, "{\"cmd\":\"nope\"}\r\n");
         send_all(fd, "{\"cmd\":\"st");  // a partial line...
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        send_all(fd, "atus\"}\n");      // ...completed later
+        send_all(fd, "atus\"}\n");  // ...completed later
         auto got = read_lines(fd, 3);
         ASSERT_EQ(got.size(), 3u);
         EXPECT_EQ(json::parse(got[0])["error"], "invalid JSON");
@@ -493,7 +531,8 @@ TEST_F(Server, GarbageGetsAnErrorAndTheConnectionStaysUsable) {
 TEST_F(Server, HugeLineGetsAnErrorAndIsClosed) {
     with_loop([&] {
         int fd = connect_client();
-        std::string huge = "{\"cmd\":\"status\",\"pad\":\"" + std::string(1024 * 1024, 'p') + "\"}\n";
+        std::string huge =
+            "{\"cmd\":\"status\",\"pad\":\"" + std::string(1024 * 1024, 'p') + "\"}\n";
         std::thread sender([&] { send_all(fd, huge); });
         bool eof = false;
         auto got = read_lines(fd, 2, &eof);

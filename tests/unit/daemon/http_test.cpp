@@ -131,11 +131,11 @@ TEST(HttpParser, OtherVersionsAre505) {
 }
 
 TEST(HttpParser, MalformedFieldsAre400) {
-    EXPECT_EQ(error_of("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), 400);       // space before colon
+    EXPECT_EQ(error_of("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), 400);            // space before colon
     EXPECT_EQ(error_of("GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n"), 400);  // obs-fold
     EXPECT_EQ(error_of("GET / HTTP/1.1\r\nno colon here\r\n\r\n"), 400);
     EXPECT_EQ(error_of("GET / HTTP/1.1\r\n: empty name\r\n\r\n"), 400);
-    EXPECT_EQ(error_of("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"), 400);     // bare CR
+    EXPECT_EQ(error_of("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"), 400);  // bare CR
     EXPECT_EQ(error_of("GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n"s), 400);
 }
 
@@ -159,12 +159,14 @@ TEST(HttpParser, LongTargetIs414AndLongGarbageIs400) {
     std::string fits = "GET /" + std::string(limits::request_line - 14, 'b') + " HTTP/1.1";
     ASSERT_EQ(fits.size(), limits::request_line);
     EXPECT_EQ(parse_all_ways(fits + "\r\nHost: x\r\n\r\n").status, Status::request);
-    EXPECT_EQ(error_of("GET /" + std::string(limits::request_line - 13, 'b') + " HTTP/1.1\r\n"), 414);
+    EXPECT_EQ(error_of("GET /" + std::string(limits::request_line - 13, 'b') + " HTTP/1.1\r\n"),
+              414);
 }
 
 TEST(HttpParser, LargeHeaderSectionIs431) {
-    std::string big = "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(limits::header_section, 'v') +
-                      "\r\n\r\n";
+    std::string big =
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(limits::header_section, 'v') +
+        "\r\n\r\n";
     EXPECT_EQ(error_of(big), 431);
     std::string many = "GET / HTTP/1.1\r\nHost: x\r\n";
     for (std::size_t i = 0; i < limits::header_fields; ++i) {

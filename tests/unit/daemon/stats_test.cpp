@@ -11,11 +11,10 @@
 
 #include <atomic>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
-
-#include <nlohmann/json.hpp>
 
 #include "policy/policy.hpp"
 
@@ -32,7 +31,9 @@ std::map<std::string, std::string> samples(const std::string& text) {
     while (std::getline(in, line)) {
         EXPECT_FALSE(line.empty());
         if (line.rfind("# ", 0) == 0) {
-            EXPECT_TRUE(line.rfind("# HELP sluice_", 0) == 0 || line.rfind("# TYPE sluice_", 0) == 0) << line;
+            EXPECT_TRUE(line.rfind("# HELP sluice_", 0) == 0 ||
+                        line.rfind("# TYPE sluice_", 0) == 0)
+                << line;
             continue;
         }
         auto sp = line.rfind(' ');
@@ -53,7 +54,9 @@ ServerNumbers server_numbers() {
     return s;
 }
 
-std::string code_label(policy::Code c) { return std::string(policy::code_name(c)); }
+std::string code_label(policy::Code c) {
+    return std::string(policy::code_name(c));
+}
 
 }  // namespace
 
@@ -182,13 +185,16 @@ TEST(Stats, HistogramNeverShowsBucketsAboveCount) {
 namespace {
 
 class Endpoint : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         uv_loop_init(&loop_);
-        server_ = std::make_unique<StatsServer>(&loop_, [this] {
-            ++scrapes_;
-            return std::string("sluice_test 1\n");
-        }, /*request_timeout_ms=*/300);
+        server_ = std::make_unique<StatsServer>(
+            &loop_,
+            [this] {
+                ++scrapes_;
+                return std::string("sluice_test 1\n");
+            },
+            /*request_timeout_ms=*/300);
         std::string e;
         auto a = parse_sockaddr("127.0.0.1:0", e);
         ASSERT_TRUE(a);
@@ -230,7 +236,8 @@ protected:
                 }
                 std::size_t off = 0;
                 while (off < request.size()) {
-                    ssize_t n = ::send(fd, request.data() + off, request.size() - off, MSG_NOSIGNAL);
+                    ssize_t n =
+                        ::send(fd, request.data() + off, request.size() - off, MSG_NOSIGNAL);
                     if (n <= 0) {
                         break;
                     }
@@ -262,14 +269,17 @@ protected:
     int scrapes_ = 0;
 };
 
-std::string status_line(const std::string& response) { return response.substr(0, response.find("\r\n")); }
+std::string status_line(const std::string& response) {
+    return response.substr(0, response.find("\r\n"));
+}
 
 }  // namespace
 
 TEST_F(Endpoint, MetricsHealthReady) {
     auto r = exchange("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK");
-    EXPECT_NE(r.find("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"), std::string::npos);
+    EXPECT_NE(r.find("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+              std::string::npos);
     EXPECT_NE(r.find("Connection: close\r\n"), std::string::npos);
     EXPECT_NE(r.find("Content-Length: 14\r\n"), std::string::npos);
     EXPECT_EQ(r.substr(r.size() - 14), "sluice_test 1\n");
@@ -290,7 +300,8 @@ TEST_F(Endpoint, HeadHasNoBody) {
 }
 
 TEST_F(Endpoint, ErrorsAndUnknownPaths) {
-    EXPECT_EQ(status_line(exchange("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")), "HTTP/1.1 404 Not Found");
+    EXPECT_EQ(status_line(exchange("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")),
+              "HTTP/1.1 404 Not Found");
     EXPECT_EQ(status_line(exchange("BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")),
               "HTTP/1.1 405 Method Not Allowed");
     EXPECT_EQ(status_line(exchange("hello\r\n\r\n")), "HTTP/1.1 400 Bad Request");

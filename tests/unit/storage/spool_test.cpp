@@ -567,8 +567,7 @@ TEST_F(SpoolTest, DamagedOrGarbageTailIsNeverRecovered) {
     (void)before;
 }
 
-TEST_F(SpoolTest, ARecordCopiedFromAnotherSegmentDoesNotMatchItsHeader) {
-    // A segment whose header is damaged yields nothing (and is removed).
+TEST_F(SpoolTest, ASegmentWithoutAValidHeaderIsSetAside) {
     {
         auto s = open();
         ASSERT_EQ(commit_one(*s, make_message("x", 100)), CommitStatus::ok);
@@ -577,10 +576,13 @@ TEST_F(SpoolTest, ARecordCopiedFromAnotherSegmentDoesNotMatchItsHeader) {
     std::string bytes = read_file(seg);
     bytes[sf::kHeaderBytes + 3] ^= 0x40;  // inside the magic
     write_file(seg, bytes);
+    write_file(dir_ + "/" + sf::segment_name(77), "");  // created just before a crash
     auto s = open();
     EXPECT_EQ(s->size(), 0u);
+    EXPECT_EQ(s->stats().torn_bytes, bytes.size());
     s->close();
     EXPECT_TRUE(segment_files(dir_).empty());
+    EXPECT_EQ(read_file(seg + ".bad"), bytes);  // kept for a human, never replayed
 }
 
 // ------------------------------------------------------------------ outcomes and space
