@@ -8,7 +8,7 @@ DEBS := build-essential pkg-config meson ninja-build libuv1-dev libmbedtls-dev l
         python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl nlohmann-json3-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build run test bench fuzz clean format
+.PHONY: all deps build run test test-slow bench fuzz clean format
 
 all: build
 
@@ -38,6 +38,12 @@ run: build
 
 test: build
 	meson test -C $(BUILD) --print-errorlogs --num-processes 2 --suite unit --suite integration
+
+# Long suites: testssl.sh against a live STARTTLS listener (minutes).
+test-slow: build
+	@dpkg-query -W -f='$${Status}' testssl.sh 2>/dev/null | grep -q 'ok installed' || \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq testssl.sh
+	meson test -C $(BUILD) --print-errorlogs --suite slow
 
 bench: build
 	bench/run-all.sh $(BUILD)

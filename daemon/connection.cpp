@@ -366,7 +366,38 @@ void Connection::commit(std::unique_ptr<storage::Message> msg) {
         });
         return;
     }
+    bool all_inline = std::all_of(msg->recipients.begin(), msg->recipients.end(), [](const auto& r) {
+        return r.transport.kind == Transport::Kind::smtp && r.transport.inline_delivery;
+    });
+    if (all_inline && shard_.outbound() != nullptr) {
+        // In-line mode: the next hop's 250 comes before ours; what it did not take is
+        // spooled (and retried or bounced) before we answer, so nothing is ever lost.
+        std::shared_ptr<storage::Message> shared(std::move(msg));
+        shard_.outbound()->deliver_inline(shared, session_->id(), [this, shared](std::vector<bool> delivered) {
+            auto rest = std::make_unique<storage::Message>(*shared);
+            rest->recipients.clear();
+            for (std::size_t i = 0; i < delivered.size(); ++i) {
+                if (!delivered[i]) {
+                    rest->recipients.push_back(shared->recipients[i]);
+                }
+            }
+            if (rest->recipients.empty()) {
+                log_queued(shard_.index(), session_->id(), *shared, "inline");
+                commit_finished(storage::CommitStatus::ok);
+                shard_.work_finished();
+                release();
+                return;
+            }
+            spool_and_forward(std::move(rest));
+        });
+        return;
+    }
+    spool_and_forward(std::move(msg));
+}
+
+void Connection::spool_and_forward(std::unique_ptr<storage::Message> msg) {
     // Durable in the spool (group commit on its writer thread), then forwarded.
+    storage::Spool* spool = shard_.spool();
     Shard* shard = &shard_;
     spool->submit(std::move(msg), [this, shard](storage::CommitStatus st, std::unique_ptr<storage::Message> m) {
         std::shared_ptr<const storage::Message> sm(std::move(m));

@@ -53,6 +53,7 @@ private:
     void close_handle();
     void release();  // drops one reference; deletes at zero
     void commit_finished(storage::CommitStatus status);
+    void spool_and_forward(std::unique_ptr<storage::Message> msg);
 
     Shard& shard_;
     uv_tcp_t tcp_{};

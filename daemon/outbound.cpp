@@ -117,7 +117,13 @@ public:
         }
         closing_ = true;
         if (job_) {
-            // Still queued on disk: it is retried after the restart or by the next load.
+            if (job_->inline_state) {
+                // In-line: the waiting client's message is spooled by the caller instead.
+                Job job = std::move(*job_);
+                job_.reset();
+                ob_.finish_inline(job, {});
+            }
+            // Spooled: still queued on disk, retried after the restart or by the next load.
             job_.reset();
         }
         if (resolving_) {
@@ -589,8 +595,65 @@ void Outbound::deliver_local(Job job) {
     });
 }
 
+void Outbound::deliver_inline(std::shared_ptr<const storage::Message> msg, std::string session_id,
+                              InlineDone done) {
+    auto state = std::make_shared<InlineState>();
+    state->delivered.assign(msg->recipients.size(), false);
+    state->done = std::move(done);
+    if (draining_) {
+        auto d = std::move(state->done);
+        d(state->delivered);
+        return;
+    }
+    std::map<std::string, Job> by_hop;
+    for (std::size_t i = 0; i < msg->recipients.size(); ++i) {
+        auto& job = by_hop[hop_key(msg->recipients[i].transport)];
+        job.msg = msg;
+        job.rcpts.push_back(i);
+        job.attempts.push_back(0);
+        job.session = session_id;
+        job.inline_state = state;
+    }
+    state->jobs_left = static_cast<int>(by_hop.size());
+    for (auto& [key, job] : by_hop) {
+        const auto& t = msg->recipients[job.rcpts.front()].transport;
+        auto [it, fresh] = hops_.try_emplace(key);
+        Hop& hop = it->second;
+        if (fresh) {
+            hop.key = relay_name(t);
+            hop.transport = t;
+        }
+        hop.queue.push_front(std::move(job));  // a client is waiting: first in line
+        pump(hop);
+    }
+}
+
+void Outbound::finish_inline(Job& job, const std::vector<smtp::RecipientResult>& results) {
+    auto state = job.inline_state;
+    for (std::size_t k = 0; k < job.rcpts.size() && k < results.size(); ++k) {
+        if (results[k].kind == smtp::RecipientResult::Kind::delivered) {
+            state->delivered[job.rcpts[k]] = true;
+            shard_.metrics().deliveries[static_cast<int>(DeliveryResult::delivered)].add();
+            LogLine(Level::info, "delivered", shard_.index(), job.session)
+                .kv("id", job.msg->id)
+                .kv("to", angle(job.msg->recipients[job.rcpts[k]].address))
+                .kv("relay", relay_name(job.msg->recipients[job.rcpts[k]].transport))
+                .kv("reply", results[k].reply)
+                .kv("mode", "inline");
+        }
+    }
+    if (--state->jobs_left == 0 && state->done) {
+        auto done = std::move(state->done);
+        done(state->delivered);
+    }
+}
+
 void Outbound::finished(Job& job, const std::vector<smtp::RecipientResult>& results,
                         const std::string& relay) {
+    if (job.inline_state) {
+        finish_inline(job, results);
+        return;
+    }
     const auto& cfg = *shard_.snapshot()->config;
     const auto& msg = *job.msg;
     auto now = std::chrono::system_clock::now();
@@ -795,6 +858,11 @@ void Outbound::load(const storage::QueueId& id) {
 void Outbound::drain() {
     draining_ = true;
     for (auto& [key, hop] : hops_) {
+        for (auto& job : hop.queue) {
+            if (job.inline_state) {
+                finish_inline(job, {});
+            }
+        }
         hop.queue.clear();
         auto links = hop.links;
         for (auto* l : links) {

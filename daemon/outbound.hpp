@@ -33,6 +33,7 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <queue>
@@ -64,6 +65,13 @@ public:
 
     // A message the spool just made durable (its data is still in memory).
     void start(std::shared_ptr<const storage::Message> msg, std::string session_id);
+
+    // In-line mode (a route with `?inline=true`): forward a message that is NOT in the
+    // spool while its client waits. `done` gets, per recipient, whether the next hop
+    // accepted it; the caller spools whatever was not delivered before answering 250.
+    using InlineDone = std::function<void(std::vector<bool> delivered)>;
+    void deliver_inline(std::shared_ptr<const storage::Message> msg, std::string session_id,
+                        InlineDone done);
     // A queued message to look at again at `when` (recovery, retries, `queue flush`).
     void schedule(const storage::QueueId& id, SysTime when);
     // Called by the shard's timer: starts what is due.
@@ -77,12 +85,20 @@ public:
     class Link;
 
 private:
+    struct InlineState {
+        std::vector<bool> delivered;
+        int jobs_left = 0;
+        InlineDone done;
+    };
     struct Job {
         std::shared_ptr<const storage::Message> msg;
         std::vector<std::size_t> rcpts;     // indices into msg->recipients
         std::vector<unsigned> attempts;     // earlier attempts per recipient
         std::string session;                // for log lines
+        // In-line jobs report here instead of to the spool (shared by the message's jobs).
+        std::shared_ptr<InlineState> inline_state;
     };
+    void finish_inline(Job& job, const std::vector<smtp::RecipientResult>& results);
     struct Hop {
         std::string key;                    // "127.0.0.1:2526" (the relay= of log lines)
         Transport transport;

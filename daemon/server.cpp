@@ -88,6 +88,7 @@ struct Server::ReloadJob {
     std::vector<Diagnostic> diagnostics;  // the loader's, then the maps' (storage::check_maps)
     control::FlatConfig flat;
     control::MapStamps stamps;
+    control::MapStamps known_good;  // maps that passed the last validation, as stamped then
     double validate_ms = 0;
 
     static void work(uv_work_t* req) {
@@ -101,9 +102,33 @@ struct Server::ReloadJob {
             job.loaded = load_config_text(text, job.path);
             job.diagnostics = job.loaded.diagnostics;
             if (job.loaded.ok()) {
-                auto more = storage::check_maps(*job.loaded.config, job.diagnostics);
+                const auto& dir = job.loaded.config->maps.dir;
+                job.stamps = control::stamp_maps(dir);
+                std::set<policy::MapId> unchanged;
+                for (std::size_t i = 0; i < static_cast<std::size_t>(policy::MapId::count_); ++i) {
+                    auto id = static_cast<policy::MapId>(i);
+                    std::string name(policy::map_name(id));
+                    auto now = job.stamps.find(name);
+                    auto good = job.known_good.find(name);
+                    if (now != job.stamps.end() && good != job.known_good.end() &&
+                        now->second == good->second) {
+                        unchanged.insert(id);
+                    }
+                }
+                auto more = storage::check_maps(*job.loaded.config, job.diagnostics,
+                                                storage::UnreadableMap::error, unchanged);
                 job.diagnostics.insert(job.diagnostics.end(), more.begin(), more.end());
-                job.stamps = control::stamp_maps(job.loaded.config->maps.dir);
+                // What passed now may be skipped next time (a map with an error may not).
+                for (const auto& [name, stamp] : job.stamps) {
+                    bool bad = false;
+                    for (const auto& d : more) {
+                        bad = bad || (d.severity == Diagnostic::Severity::error &&
+                                      d.where.file.find("/" + name + ".") != std::string::npos);
+                    }
+                    if (!bad) {
+                        job.known_good[name] = stamp;
+                    }
+                }
             }
             job.flat = control::flatten_config(text, job.path);
         }
@@ -490,11 +515,13 @@ void Server::start_reload() {
     job->req.data = job;
     job->server = this;
     job->path = snapshot_->config->path;
+    job->known_good = maps_known_good_;
     // Reading and validating maps can take a while with big maps: never on a loop.
     uv_queue_work(&loop_, &job->req, ReloadJob::work, ReloadJob::after);
 }
 
 void Server::validated(ReloadJob& job) {
+    maps_known_good_ = job.known_good;
     nlohmann::json warnings = nlohmann::json::array();
     std::vector<std::string> errors;
     for (const auto& d : job.diagnostics) {

@@ -105,6 +105,7 @@ private:
     // reload reports as changed.
     control::FlatConfig flat_config_;
     control::MapStamps map_stamps_;
+    control::MapStamps maps_known_good_;  // maps that passed validation, by stamp
     // Reload state (one at a time).
     bool reload_running_ = false;
     std::vector<ReloadDone> reload_next_;     // asked while one runs: served by the next

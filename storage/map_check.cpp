@@ -8,11 +8,16 @@
 namespace sluice::storage {
 
 std::vector<Diagnostic> check_maps(const Config& cfg, const std::vector<Diagnostic>& already,
-                                   UnreadableMap unreadable) {
+                                   UnreadableMap unreadable,
+                                   const std::set<policy::MapId>& unchanged) {
     std::vector<Diagnostic> diags;
     policy::LintMaps lint_maps;
     for (std::size_t i = 0; i < static_cast<std::size_t>(MapId::count_); ++i) {
         auto id = static_cast<MapId>(i);
+        bool linted = id == MapId::privileged_networks || id == MapId::connection_filter;
+        if (!linted && unchanged.count(id) != 0) {
+            continue;
+        }
         auto contents = read_map(cfg.maps.dir, id);
         std::string path = map_path(cfg.maps.dir, id);
         if (!contents.ok()) {

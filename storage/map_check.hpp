@@ -4,9 +4,11 @@
 // daemon answer T140), and the config plus the maps that widen who may relay or connect
 // are linted for open-relay risks (policy/lint.hpp).
 
+#include <set>
 #include <vector>
 
 #include "common/config.hpp"
+#include "policy/maps.hpp"
 
 namespace sluice::storage {
 
@@ -16,8 +18,13 @@ enum class UnreadableMap { error, warning };
 // has those); duplicates of `already` are left out. An unreadable map is an error for
 // `--check` and `sluicectl check`, but only a warning when the daemon starts: it then
 // answers T140 for lookups that need that map (fail closed) instead of not serving at all.
+// `unchanged` names maps whose files are the very ones that passed the last check (same
+// inode, size and mtime: published maps are never modified in place): they are not read
+// again, which keeps a reload fast with million-entry maps. The two maps the lint reads
+// (privileged_networks, connection_filter) are always read.
 std::vector<Diagnostic> check_maps(const Config& config,
                                    const std::vector<Diagnostic>& already = {},
-                                   UnreadableMap unreadable = UnreadableMap::error);
+                                   UnreadableMap unreadable = UnreadableMap::error,
+                                   const std::set<policy::MapId>& unchanged = {});
 
 }  // namespace sluice::storage

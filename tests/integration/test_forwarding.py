@@ -221,3 +221,38 @@ def test_queue_commands_through_the_running_daemon():
             assert [m[0] for m in msgs] == ["friend@outside.test"]
         finally:
             hop.stop()
+
+
+def test_inline_mode_answers_after_the_next_hop_and_spools_the_rest():
+    hop = NextHop(free_port()).start()
+    hop.recorder.reject["later@example.test"] = "450 4.2.1 try later"
+    d = forwarding_daemon(hop.port)
+    d.config.write_text(d.config.read_text().replace(f"smtp://127.0.0.1:{hop.port}\"",
+                                                     f"smtp://127.0.0.1:{hop.port}?inline=true\""))
+    try:
+        with d:
+            with smtplib.SMTP("127.0.0.1", d.port) as s:
+                s.sendmail("a@outside.test", ["user@example.test"], "Subject: inline\r\n\r\nx\r\n")
+                # The next hop had it before our 250 came back.
+                assert len(hop.recorder.snapshot()) == 1
+                s.sendmail("a@outside.test", ["user2@example.test", "later@example.test"],
+                           "Subject: partly\r\n\r\ny\r\n")
+                assert len(hop.recorder.snapshot()) == 2
+            assert any("mode=inline" in l for l in d.log_lines("delivered"))
+            assert any("via=inline" in l for l in d.log_lines("queued"))
+            # The refused recipient went to the spool and is retried from there.
+            assert any("via=spool" in l for l in d.log_lines("queued"))
+            hop.recorder.reject.clear()
+            msgs = wait_for(lambda: len(hop.recorder.snapshot()) >= 3 and hop.recorder.snapshot(), 20)
+            assert msgs[-1][1] == ["later@example.test"]
+        # The next hop down: in-line falls back to the spool, nothing is refused or lost.
+        hop.stop()
+        with d:
+            with smtplib.SMTP("127.0.0.1", d.port) as s:
+                s.sendmail("a@outside.test", ["user@example.test"], "Subject: down\r\n\r\nz\r\n")
+            hop.start()
+            msgs = wait_for(lambda: any(b"Subject: down" in m[2] for m in hop.recorder.snapshot())
+                            and hop.recorder.snapshot(), 20)
+            assert msgs
+    finally:
+        hop.stop()
