@@ -264,6 +264,17 @@ class Raw:
         self.sock.close()
 
 
+def wait_for(fn, seconds=20):
+    """Polls `fn` until it returns something true (or the time is up); returns its value."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.1)
+    return fn()
+
+
 def code(reply):
     """'250 2.1.0 Sender ok' -> '250 2.1.0' (basic and enhanced code of the last line)."""
     parts = reply[-1].split(" ")

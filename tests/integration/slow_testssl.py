@@ -27,9 +27,12 @@ def test_testssl_starttls_smtp(tmp_path):
     for proto in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"]:
         assert findings[proto]["finding"].startswith("not offered"), findings[proto]
     assert findings["TLS1_2"]["finding"].startswith("offered")
-    ciphers = [f for k, f in findings.items() if k.startswith("cipher-tls1_2")]
+    assert findings["PFS"]["finding"].startswith("offered")
+    ciphers = [f for k, f in findings.items() if k.startswith("cipher_x")]
     assert ciphers
     for c in ciphers:
         text = c["finding"]
         assert "ECDHE" in text, text                  # forward secrecy
         assert "GCM" in text or "CHACHA20" in text or "CCM" in text, text  # AEAD only
+    # Every offered suite is a forward-secret one.
+    assert len(ciphers) == len(findings["PFS_ciphers"]["finding"].split())

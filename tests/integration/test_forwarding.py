@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 
-from harness import SLUICECTL, Daemon, Raw, code, free_port
+from harness import SLUICECTL, Daemon, Raw, code, free_port, wait_for
 from nexthop import NextHop
 
 
@@ -20,16 +20,6 @@ def forwarding_daemon(hop_port, extra_routes="", limits="", spool=""):
     text = text.replace('dir = "spool"', 'dir = "spool"\nretry = ["1s", "2s"]' + spool)
     d.config.write_text(text)
     return d
-
-
-def wait_for(fn, seconds=20):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    return fn()
 
 
 def strip_received(content):

@@ -12,7 +12,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as Server
 
 from certs import make_certs
-from harness import SLUICED, Daemon, free_port
+from harness import SLUICED, Daemon, free_port, wait_for
 from nexthop import NextHop, Recorder
 
 
@@ -86,16 +86,6 @@ def outbound_daemon(route, ca_file=None, shards=2):
         text += f'\n[tls]\nca_file = "{ca_file}"\n'
     d.config.write_text(text)
     return d
-
-
-def wait_for(fn, seconds=20):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    return fn()
 
 
 def send(d, subject="tls", rcpt="user@example.test"):
