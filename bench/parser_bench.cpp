@@ -13,7 +13,8 @@
 namespace {
 
 std::string make_message(std::size_t size) {
-    std::string line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n";
+    std::string line =
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n";
     std::string out = "From: a@outside.test\r\nTo: user@example.test\r\nSubject: bench\r\n\r\n";
     while (out.size() < size) {
         out += (out.size() / line.size()) % 17 == 0 ? "." + line : line;
@@ -57,7 +58,8 @@ BENCHMARK(BM_DataReader)->Arg(1024)->Arg(100 * 1024)->Arg(10 << 20);
 void BM_CommandScanAndParse(benchmark::State& state) {
     std::string batch;
     for (int i = 0; i < 50; ++i) {
-        batch += "MAIL FROM:<sender" + std::to_string(i) + "@outside.test> SIZE=1024 BODY=8BITMIME\r\n";
+        batch +=
+            "MAIL FROM:<sender" + std::to_string(i) + "@outside.test> SIZE=1024 BODY=8BITMIME\r\n";
         batch += "RCPT TO:<user" + std::to_string(i) + "@example.test>\r\n";
         batch += "RSET\r\n";
     }

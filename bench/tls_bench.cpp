@@ -163,8 +163,8 @@ void ecdsa_sign(mbedtls_pk_context& key) {
     mbedtls_sha256_ret(msg, sizeof msg, hash, 0);
     unsigned char sig[MBEDTLS_PK_SIGNATURE_MAX_SIZE];
     std::size_t len = 0;
-    mbedtls_pk_sign(&key, MBEDTLS_MD_SHA256, hash, sizeof hash, sig, &len,
-                    mbedtls_ctr_drbg_random, &rng().drbg);
+    mbedtls_pk_sign(&key, MBEDTLS_MD_SHA256, hash, sizeof hash, sig, &len, mbedtls_ctr_drbg_random,
+                    &rng().drbg);
     benchmark::DoNotOptimize(sig);
 }
 
@@ -231,8 +231,8 @@ struct Client {
 
     Client(mbedtls_ecp_group_id curve, const mbedtls_ssl_session* resume) {
         curves[0] = curve;
-        curves[1] = curve == MBEDTLS_ECP_DP_SECP256R1 ? MBEDTLS_ECP_DP_NONE
-                                                      : MBEDTLS_ECP_DP_SECP256R1;
+        curves[1] =
+            curve == MBEDTLS_ECP_DP_SECP256R1 ? MBEDTLS_ECP_DP_NONE : MBEDTLS_ECP_DP_SECP256R1;
         curves[2] = MBEDTLS_ECP_DP_NONE;
         mbedtls_ssl_config_init(&conf);
         mbedtls_ssl_init(&ssl);
@@ -276,8 +276,7 @@ struct Saved {
 };
 
 // One handshake; returns the server's CPU seconds (stream creation and teardown included).
-double handshake(mbedtls_ecp_group_id curve, const Saved* resume, Saved* save,
-                 bool* resumed) {
+double handshake(mbedtls_ecp_group_id curve, const Saved* resume, Saved* save, bool* resumed) {
     Client client(curve, resume != nullptr ? &resume->s : nullptr);
     std::string sp;
     double t0 = thread_cpu_seconds();
@@ -314,8 +313,8 @@ void full_handshakes(benchmark::State& state, mbedtls_ecp_group_id curve) {
     for (auto _ : state) {
         state.SetIterationTime(handshake(curve, nullptr, nullptr, nullptr));
     }
-    state.counters["per_s"] = benchmark::Counter(static_cast<double>(state.iterations()),
-                                                 benchmark::Counter::kIsRate);
+    state.counters["per_s"] =
+        benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
 }
 
 void BM_Handshake_Full_X25519(benchmark::State& state) {
@@ -338,8 +337,8 @@ void BM_Handshake_Resumed(benchmark::State& state) {
     if (resumed_count != state.iterations()) {
         state.SkipWithError("a handshake did not resume");
     }
-    state.counters["per_s"] = benchmark::Counter(static_cast<double>(state.iterations()),
-                                                 benchmark::Counter::kIsRate);
+    state.counters["per_s"] =
+        benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
 }
 
 // CPU time for the raw crypto (the machine is shared: wall time includes other work),
@@ -356,7 +355,7 @@ BENCHMARK(BM_Handshake_Resumed)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 // Keeps each benchmark's time per iteration to print the ratios at the end.
 class RatioReporter : public benchmark::ConsoleReporter {
-public:
+  public:
     void ReportRuns(const std::vector<Run>& runs) override {
         ConsoleReporter::ReportRuns(runs);
         for (const auto& r : runs) {
@@ -402,9 +401,10 @@ int main(int argc, char** argv) {
         for (const auto& [what, t] : rows) {
             std::printf("  %-40s %8.1f us %9.0f /s\n", what, t * 1e6, 1 / t);
         }
-        std::printf("full / raw rate: P-256 %.2f, X25519 %.2f, X25519 vs the P-256 ceiling %.2f "
-                    "(target >= 0.70)\n",
-                    raw_p256 / full_p256, raw_x25519 / full_x25519, raw_p256 / full_x25519);
+        std::printf(
+            "full / raw rate: P-256 %.2f, X25519 %.2f, X25519 vs the P-256 ceiling %.2f "
+            "(target >= 0.70)\n",
+            raw_p256 / full_p256, raw_x25519 / full_x25519, raw_p256 / full_x25519);
         std::printf("resumed / full rate: %.1f vs X25519, %.1f vs P-256 (target >= 5)\n",
                     full_x25519 / resumed, full_p256 / resumed);
     }

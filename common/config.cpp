@@ -17,22 +17,44 @@ namespace {
 
 namespace fs = std::filesystem;
 
-enum class Kind { boolean, integer, string, path, duration, size, string_list, duration_list,
-                  choice, sockaddr, cidr_list };
+enum class Kind {
+    boolean,
+    integer,
+    string,
+    path,
+    duration,
+    size,
+    string_list,
+    duration_list,
+    choice,
+    sockaddr,
+    cidr_list
+};
 
 std::string_view kind_name(Kind k) {
     switch (k) {
-        case Kind::boolean: return "boolean";
-        case Kind::integer: return "integer";
-        case Kind::string: return "string";
-        case Kind::path: return "path";
-        case Kind::duration: return "duration";
-        case Kind::size: return "size";
-        case Kind::string_list: return "list of strings";
-        case Kind::duration_list: return "list of durations";
-        case Kind::choice: return "string";
-        case Kind::sockaddr: return "IP:PORT";
-        case Kind::cidr_list: return "list of CIDRs";
+        case Kind::boolean:
+            return "boolean";
+        case Kind::integer:
+            return "integer";
+        case Kind::string:
+            return "string";
+        case Kind::path:
+            return "path";
+        case Kind::duration:
+            return "duration";
+        case Kind::size:
+            return "size";
+        case Kind::string_list:
+            return "list of strings";
+        case Kind::duration_list:
+            return "list of durations";
+        case Kind::choice:
+            return "string";
+        case Kind::sockaddr:
+            return "IP:PORT";
+        case Kind::cidr_list:
+            return "list of CIDRs";
     }
     return "?";
 }
@@ -58,7 +80,7 @@ struct Key {
     std::string_view fallback;  // default, written as in the file; "" means required/empty
     std::int64_t min;           // integer: value; duration: ms; size: bytes
     std::int64_t max;
-    std::string_view choices;   // "a|b|c" for Kind::choice
+    std::string_view choices;  // "a|b|c" for Kind::choice
     std::string_view doc;
     void (*apply)(Target&, const Value&);
 };
@@ -175,7 +197,7 @@ const Key<ListenerConfig> listener_keys[] = {
 // clang-format on
 
 class Loader {
-public:
+  public:
     Loader(std::string path, std::string dir) : path_(std::move(path)), dir_(std::move(dir)) {}
 
     std::vector<Diagnostic> diags;
@@ -202,7 +224,8 @@ public:
 
     // Converts one TOML node to a Value of `kind`, checking type and bounds.
     template <typename Target>
-    std::optional<Value> convert(const Key<Target>& k, const toml::node& n, const std::string& full) {
+    std::optional<Value> convert(const Key<Target>& k, const toml::node& n,
+                                 const std::string& full) {
         Value v;
         auto type_error = [&] {
             error(n.source(), full + ": expected " + std::string(kind_name(k.kind)));
@@ -256,8 +279,8 @@ public:
                         cs = bar == std::string_view::npos ? "" : cs.substr(bar + 1);
                     }
                     if (!found) {
-                        error(n.source(), full + ": \"" + v.s + "\" is not one of " +
-                                              std::string(k.choices));
+                        error(n.source(),
+                              full + ": \"" + v.s + "\" is not one of " + std::string(k.choices));
                         return std::nullopt;
                     }
                 }
@@ -288,8 +311,9 @@ public:
                         return std::nullopt;
                     }
                     if (d->count() < k.min || d->count() > k.max) {
-                        return range_error("\"" + s + "\" (allowed " + format_duration(Millis(k.min)) +
-                                           ".." + format_duration(Millis(k.max)) + ")");
+                        return range_error("\"" + s + "\" (allowed " +
+                                           format_duration(Millis(k.min)) + ".." +
+                                           format_duration(Millis(k.max)) + ")");
                     }
                     v.d = *d;
                 } else {
@@ -298,7 +322,8 @@ public:
                         error(n.source(), full + ": " + e);
                         return std::nullopt;
                     }
-                    if (*z < static_cast<std::uint64_t>(k.min) || *z > static_cast<std::uint64_t>(k.max)) {
+                    if (*z < static_cast<std::uint64_t>(k.min) ||
+                        *z > static_cast<std::uint64_t>(k.max)) {
                         return range_error("\"" + s + "\" (allowed " + format_size(k.min) + ".." +
                                            format_size(k.max) + ")");
                     }
@@ -389,7 +414,8 @@ public:
             }
             if (k.kind == Kind::sockaddr || (section.empty() && k.name == "name")) {
                 if (tbl) {
-                    error(tbl->source(), prefix + std::string(k.name) + ": required key is missing");
+                    error(tbl->source(),
+                          prefix + std::string(k.name) + ": required key is missing");
                 }
                 continue;
             }
@@ -420,7 +446,7 @@ public:
         }
     }
 
-private:
+  private:
     std::string path_;
     std::string dir_;
 };
@@ -522,7 +548,7 @@ bool is_loopback(const IpAddr& ip) {
         return ip.bytes[12] == 127;
     }
     static constexpr std::array<std::uint8_t, 16> one = {0, 0, 0, 0, 0, 0, 0, 0,
-                                                          0, 0, 0, 0, 0, 0, 0, 1};
+                                                         0, 0, 0, 0, 0, 0, 0, 1};
     return ip.bytes == one;
 }
 
@@ -531,9 +557,9 @@ LoadResult finish(Loader& loader, const toml::table& root, const std::string& pa
     cfg->path = path;
     cfg->dir = fs::path(path).parent_path().string();
 
-    static constexpr std::string_view sections[] = {"server", "tls", "limits", "relay",
-                                                    "connections", "domains", "maps", "spool",
-                                                    "control", "stats"};
+    static constexpr std::string_view sections[] = {"server",      "tls",     "limits", "relay",
+                                                    "connections", "domains", "maps",   "spool",
+                                                    "control",     "stats"};
     for (auto&& [name, node] : root) {
         auto n = name.str();
         bool known = n == "listener" || n == "routes" ||
@@ -583,8 +609,8 @@ LoadResult finish(Loader& loader, const toml::table& root, const std::string& pa
                 loader.error(t->source(), "listener \"" + l.name + "\": duplicate name");
             }
             if (!addrs.insert(format_sockaddr(l.address)).second) {
-                loader.error(t->source(), "listener \"" + l.name + "\": duplicate address " +
-                                              l.address_text);
+                loader.error(t->source(),
+                             "listener \"" + l.name + "\": duplicate address " + l.address_text);
             }
             if (l.auth_without_tls && !is_loopback(l.address.ip)) {
                 loader.error(t->source(), "listener \"" + l.name +
@@ -702,11 +728,10 @@ LoadResult finish(Loader& loader, const toml::table& root, const std::string& pa
     }
 
     LoadResult out;
-    std::stable_sort(loader.diags.begin(), loader.diags.end(),
-                     [](const Diagnostic& a, const Diagnostic& b) {
-                         return std::tie(a.where.line, a.where.column) <
-                                std::tie(b.where.line, b.where.column);
-                     });
+    std::stable_sort(
+        loader.diags.begin(), loader.diags.end(), [](const Diagnostic& a, const Diagnostic& b) {
+            return std::tie(a.where.line, a.where.column) < std::tie(b.where.line, b.where.column);
+        });
     bool failed = std::any_of(loader.diags.begin(), loader.diags.end(), [](const Diagnostic& d) {
         return d.severity == Diagnostic::Severity::error;
     });
@@ -732,8 +757,8 @@ LoadResult load_config_text(const std::string& text, const std::string& path) {
         return finish(loader, root, abs);
     } catch (const toml::parse_error& e) {
         LoadResult out;
-        out.diagnostics.push_back({Diagnostic::Severity::error, loader.at(e.source()),
-                                   std::string(e.description())});
+        out.diagnostics.push_back(
+            {Diagnostic::Severity::error, loader.at(e.source()), std::string(e.description())});
         return out;
     }
 }
@@ -742,8 +767,10 @@ LoadResult load_config(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) {
         LoadResult out;
-        out.diagnostics.push_back({Diagnostic::Severity::error, {path, 0, 0},
-                                   "cannot read config file: " + std::string(std::strerror(errno))});
+        out.diagnostics.push_back(
+            {Diagnostic::Severity::error,
+             {path, 0, 0},
+             "cannot read config file: " + std::string(std::strerror(errno))});
         return out;
     }
     std::stringstream ss;
@@ -779,7 +806,8 @@ std::string describe_schema() {
         out += "  " + std::string(doc) + "\n";
     };
     for (const auto& k : config_keys) {
-        line(std::string(k.section) + "." + std::string(k.name), k.kind, k.fallback, k.choices, k.doc);
+        line(std::string(k.section) + "." + std::string(k.name), k.kind, k.fallback, k.choices,
+             k.doc);
     }
     for (const auto& k : listener_keys) {
         line("listener." + std::string(k.name), k.kind, k.fallback, k.choices, k.doc);
@@ -788,14 +816,20 @@ std::string describe_schema() {
     return out;
 }
 
-std::string_view to_string(Role r) { return r == Role::mx ? "mx" : "submission"; }
+std::string_view to_string(Role r) {
+    return r == Role::mx ? "mx" : "submission";
+}
 
 std::string_view to_string(TlsMode m) {
     switch (m) {
-        case TlsMode::off: return "off";
-        case TlsMode::optional: return "optional";
-        case TlsMode::required: return "required";
-        case TlsMode::implicit: return "implicit";
+        case TlsMode::off:
+            return "off";
+        case TlsMode::optional:
+            return "optional";
+        case TlsMode::required:
+            return "required";
+        case TlsMode::implicit:
+            return "implicit";
     }
     return "?";
 }

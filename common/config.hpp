@@ -60,7 +60,7 @@ struct Transport {
     std::string host;  // smtp: IP literal or name
     std::uint16_t port = 25;
     TlsMode starttls = TlsMode::optional;  // smtp: off | optional | required
-    std::string path;  // maildir: absolute directory
+    std::string path;                      // maildir: absolute directory
     bool inline_delivery = false;
     std::string text;  // as written, for logs
 };
@@ -110,7 +110,7 @@ struct Config {
         std::uint32_t max_errors;
         std::uint32_t max_hops;
         Millis shutdown_grace;
-        Millis greeting_delay;        // input before the greeting: early talker (554)
+        Millis greeting_delay;               // input before the greeting: early talker (554)
         std::uint32_t outbound_connections;  // concurrent connections per next hop
     } limits;
 
@@ -134,8 +134,8 @@ struct Config {
         std::string dir;
         std::vector<Millis> retry;
         Millis max_age;
-        std::uint64_t max_size;   // 0: unlimited
-        std::uint64_t min_free;   // free disk below this: new mail gets 452 4.3.1
+        std::uint64_t max_size;  // 0: unlimited
+        std::uint64_t min_free;  // free disk below this: new mail gets 452 4.3.1
     } spool;
 
     struct {

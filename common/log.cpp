@@ -33,17 +33,23 @@ void write_all(const char* p, std::size_t left) {
 
 std::string_view level_name(Level l) {
     switch (l) {
-        case Level::debug: return "debug";
-        case Level::info: return "info";
-        case Level::warn: return "warn";
-        case Level::error: return "error";
+        case Level::debug:
+            return "debug";
+        case Level::info:
+            return "info";
+        case Level::warn:
+            return "warn";
+        case Level::error:
+            return "error";
     }
     return "info";
 }
 
 }  // namespace
 
-void set_log_level(Level level) { min_level = static_cast<int>(level); }
+void set_log_level(Level level) {
+    min_level = static_cast<int>(level);
+}
 
 void set_thread_log_batching(bool on) {
     if (!on) {
@@ -59,7 +65,9 @@ void flush_thread_log() {
         b.clear();
     }
 }
-bool log_enabled(Level level) { return static_cast<int>(level) >= min_level; }
+bool log_enabled(Level level) {
+    return static_cast<int>(level) >= min_level;
+}
 
 std::string utc_timestamp() {
     // The date and time part changes once a second: format it once per second per thread.
@@ -67,7 +75,9 @@ std::string utc_timestamp() {
     thread_local char cached[64];
     auto now = std::chrono::system_clock::now();
     auto secs = std::chrono::system_clock::to_time_t(now);
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+    auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() %
+        1000;
     if (secs != cached_secs) {
         std::tm tm{};
         gmtime_r(&secs, &tm);

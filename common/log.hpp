@@ -13,22 +13,30 @@ namespace sluice {
 enum class Level { debug, info, warn, error };
 
 class LogLine {
-public:
+  public:
     LogLine(Level level, std::string_view event, int shard = -1, std::string_view sess = {});
     LogLine& kv(std::string_view key, std::string_view value);
     LogLine& kv(std::string_view key, std::uint64_t value);
     LogLine& kv(std::string_view key, std::int64_t value);
-    LogLine& kv(std::string_view key, int value) { return kv(key, static_cast<std::int64_t>(value)); }
-    LogLine& kv(std::string_view key, unsigned value) { return kv(key, static_cast<std::uint64_t>(value)); }
-    LogLine& kv(std::string_view key, const char* value) { return kv(key, std::string_view(value)); }
-    LogLine& kv(std::string_view key, const std::string& value) { return kv(key, std::string_view(value)); }
+    LogLine& kv(std::string_view key, int value) {
+        return kv(key, static_cast<std::int64_t>(value));
+    }
+    LogLine& kv(std::string_view key, unsigned value) {
+        return kv(key, static_cast<std::uint64_t>(value));
+    }
+    LogLine& kv(std::string_view key, const char* value) {
+        return kv(key, std::string_view(value));
+    }
+    LogLine& kv(std::string_view key, const std::string& value) {
+        return kv(key, std::string_view(value));
+    }
     // Writes the line (once). Also done by the destructor.
     void emit();
     ~LogLine() { emit(); }
 
     const std::string& text() const { return buf_; }
 
-private:
+  private:
     std::string buf_;
     bool done_ = false;
 };

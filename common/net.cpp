@@ -63,7 +63,9 @@ IpAddr ip_from_sockaddr(const sockaddr* sa) {
 
 namespace {
 
-bool bit(const IpAddr& ip, unsigned i) { return (ip.bytes[i / 8] >> (7 - i % 8)) & 1; }
+bool bit(const IpAddr& ip, unsigned i) {
+    return (ip.bytes[i / 8] >> (7 - i % 8)) & 1;
+}
 
 }  // namespace
 

@@ -28,8 +28,8 @@ std::string format_ip(const IpAddr& ip);
 IpAddr ip_from_sockaddr(const sockaddr* sa);
 
 struct Cidr {
-    IpAddr base;     // masked to `prefix`
-    unsigned prefix; // in bits of the 128-bit form: an IPv4 /24 is stored as 96 + 24
+    IpAddr base;      // masked to `prefix`
+    unsigned prefix;  // in bits of the 128-bit form: an IPv4 /24 is stored as 96 + 24
 
     unsigned family_prefix() const { return base.v4 ? prefix - 96 : prefix; }
     bool contains(const IpAddr& ip) const;

@@ -145,7 +145,9 @@ void append_body(std::string& out, const ReplySpec& spec, std::string_view arg,
 
 }  // namespace
 
-const ReplySpec& reply_spec(Reply r) { return table[static_cast<std::size_t>(r)]; }
+const ReplySpec& reply_spec(Reply r) {
+    return table[static_cast<std::size_t>(r)];
+}
 
 void append_reply(std::string& out, Reply r, std::string_view arg, std::string_view text) {
     append_body(out, reply_spec(r), arg, text);

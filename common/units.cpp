@@ -80,8 +80,14 @@ std::optional<std::uint64_t> parse_size(std::string_view s, std::string& error) 
     };
     static constexpr Unit units[] = {
         {"B", 1},
-        {"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30}, {"TiB", 1ull << 40},
-        {"KB", 1000},        {"kB", 1000},        {"MB", 1000'000},    {"GB", 1000'000'000},
+        {"KiB", 1ull << 10},
+        {"MiB", 1ull << 20},
+        {"GiB", 1ull << 30},
+        {"TiB", 1ull << 40},
+        {"KB", 1000},
+        {"kB", 1000},
+        {"MB", 1000'000},
+        {"GB", 1000'000'000},
         {"TB", 1000'000'000'000},
     };
     for (const auto& u : units) {
@@ -89,7 +95,8 @@ std::optional<std::uint64_t> parse_size(std::string_view s, std::string& error) 
             return scaled(sp->number, u.factor, s, error);
         }
     }
-    error = "unknown size unit \"" + std::string(sp->unit) + "\" (use B, KiB, MiB, GiB, KB, MB, GB)";
+    error =
+        "unknown size unit \"" + std::string(sp->unit) + "\" (use B, KiB, MiB, GiB, KB, MB, GB)";
     return std::nullopt;
 }
 

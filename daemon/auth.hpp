@@ -83,7 +83,7 @@ bool sender_allowed(const UserEntry& entry, std::string_view user,
 // guesses over many addresses locks the user out everywhere except where the user has
 // logged in before). With user "", allow() checks and charges only the client.
 class AuthThrottle {
-public:
+  public:
     using Clock = std::chrono::steady_clock;
     using Now = std::function<Clock::time_point()>;
 
@@ -105,10 +105,10 @@ public:
 
     std::size_t size() const;  // entries held (for tests and a gauge)
 
-private:
+  private:
     struct Entry {
-        double level = 0;          // charged attempts not yet drained
-        Clock::time_point updated; // when `level` was last brought up to date
+        double level = 0;           // charged attempts not yet drained
+        Clock::time_point updated;  // when `level` was last brought up to date
         std::list<const std::string*>::iterator lru;
     };
     using Map = std::unordered_map<std::string, Entry>;

@@ -54,9 +54,9 @@ void Connection::accept(Shard& shard, uv_stream_t* server, std::size_t listener_
     int len = sizeof ss;
     uv_tcp_getpeername(&c->tcp_, reinterpret_cast<sockaddr*>(&ss), &len);
     c->peer_ = ip_from_sockaddr(reinterpret_cast<sockaddr*>(&ss));
-    std::uint16_t port = ntohs(ss.ss_family == AF_INET
-                                   ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
-                                   : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+    std::uint16_t port =
+        ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
+                                      : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
 
     const auto& snap = shard.snapshot();
     const Config& cfg = *snap->config;
@@ -73,7 +73,8 @@ void Connection::accept(Shard& shard, uv_stream_t* server, std::size_t listener_
         LogLine(Level::warn, "connect", shard.index())
             .kv("client", format_ip(c->peer_))
             .kv("listener", cfg.listeners[listener_index].name)
-            .kv("result", lim == ConnectionLimiter::Result::global_limit ? "global_limit" : "ip_limit");
+            .kv("result",
+                lim == ConnectionLimiter::Result::global_limit ? "global_limit" : "ip_limit");
         c->writing_ = std::move(out);
         c->write_in_flight_ = true;
         uv_buf_t b = uv_buf_init(c->writing_.data(), static_cast<unsigned>(c->writing_.size()));
@@ -115,7 +116,8 @@ void Connection::accept(Shard& shard, uv_stream_t* server, std::size_t listener_
         c->session_->start(smtp::Clock::now());
     }
     if (!c->session_->closed()) {
-        c->reading_ = uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp_), on_alloc, on_read) == 0;
+        c->reading_ =
+            uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp_), on_alloc, on_read) == 0;
     }
     c->flush();
 }
@@ -177,7 +179,8 @@ bool Connection::receive_tls(std::string_view cipher, std::string& plain) {
         return false;
     }
     if (!was_done && tls_->handshake_done()) {
-        m.tls_handshakes[static_cast<int>(tls_->resumed() ? TlsResult::resumed : TlsResult::ok)].add();
+        m.tls_handshakes[static_cast<int>(tls_->resumed() ? TlsResult::resumed : TlsResult::ok)]
+            .add();
         LogLine(Level::info, "tls", shard_.index(), session_->id())
             .kv("client", format_ip(peer_))
             .kv("result", tls_->resumed() ? "resumed" : "ok")
@@ -289,7 +292,9 @@ void Connection::close_handle() {
     uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), on_close);
 }
 
-void Connection::on_close(uv_handle_t* h) { static_cast<Connection*>(h->data)->release(); }
+void Connection::on_close(uv_handle_t* h) {
+    static_cast<Connection*>(h->data)->release();
+}
 
 void Connection::release() {
     if (--refs_ == 0) {
@@ -330,7 +335,8 @@ void Connection::force_close() {
 
 namespace {
 
-void log_queued(int shard, const std::string& session, const storage::Message& m, std::string_view via) {
+void log_queued(int shard, const std::string& session, const storage::Message& m,
+                std::string_view via) {
     LogLine(Level::info, "queued", shard, session)
         .kv("id", m.id)
         .kv("from", "<" + m.sender + ">")
@@ -356,40 +362,43 @@ void Connection::commit(std::unique_ptr<storage::Message> msg) {
         summary->id = msg->id;
         summary->sender = msg->sender;
         summary->recipients = msg->recipients;
-        shard_.local_delivery().submit(std::move(msg), session_->id(), [this, summary](storage::CommitStatus st) {
-            if (st == storage::CommitStatus::ok) {
-                log_queued(shard_.index(), session_->id(), *summary, "maildir");
-            }
-            commit_finished(st);
-            shard_.work_finished();
-            release();
-        });
+        shard_.local_delivery().submit(
+            std::move(msg), session_->id(), [this, summary](storage::CommitStatus st) {
+                if (st == storage::CommitStatus::ok) {
+                    log_queued(shard_.index(), session_->id(), *summary, "maildir");
+                }
+                commit_finished(st);
+                shard_.work_finished();
+                release();
+            });
         return;
     }
-    bool all_inline = std::all_of(msg->recipients.begin(), msg->recipients.end(), [](const auto& r) {
-        return r.transport.kind == Transport::Kind::smtp && r.transport.inline_delivery;
-    });
+    bool all_inline =
+        std::all_of(msg->recipients.begin(), msg->recipients.end(), [](const auto& r) {
+            return r.transport.kind == Transport::Kind::smtp && r.transport.inline_delivery;
+        });
     if (all_inline && shard_.outbound() != nullptr) {
         // In-line mode: the next hop's 250 comes before ours; what it did not take is
         // spooled (and retried or bounced) before we answer, so nothing is ever lost.
         std::shared_ptr<storage::Message> shared(std::move(msg));
-        shard_.outbound()->deliver_inline(shared, session_->id(), [this, shared](std::vector<bool> delivered) {
-            auto rest = std::make_unique<storage::Message>(*shared);
-            rest->recipients.clear();
-            for (std::size_t i = 0; i < delivered.size(); ++i) {
-                if (!delivered[i]) {
-                    rest->recipients.push_back(shared->recipients[i]);
+        shard_.outbound()->deliver_inline(
+            shared, session_->id(), [this, shared](std::vector<bool> delivered) {
+                auto rest = std::make_unique<storage::Message>(*shared);
+                rest->recipients.clear();
+                for (std::size_t i = 0; i < delivered.size(); ++i) {
+                    if (!delivered[i]) {
+                        rest->recipients.push_back(shared->recipients[i]);
+                    }
                 }
-            }
-            if (rest->recipients.empty()) {
-                log_queued(shard_.index(), session_->id(), *shared, "inline");
-                commit_finished(storage::CommitStatus::ok);
-                shard_.work_finished();
-                release();
-                return;
-            }
-            spool_and_forward(std::move(rest));
-        });
+                if (rest->recipients.empty()) {
+                    log_queued(shard_.index(), session_->id(), *shared, "inline");
+                    commit_finished(storage::CommitStatus::ok);
+                    shard_.work_finished();
+                    release();
+                    return;
+                }
+                spool_and_forward(std::move(rest));
+            });
         return;
     }
     spool_and_forward(std::move(msg));
@@ -399,20 +408,21 @@ void Connection::spool_and_forward(std::unique_ptr<storage::Message> msg) {
     // Durable in the spool (group commit on its writer thread), then forwarded.
     storage::Spool* spool = shard_.spool();
     Shard* shard = &shard_;
-    spool->submit(std::move(msg), [this, shard](storage::CommitStatus st, std::unique_ptr<storage::Message> m) {
-        std::shared_ptr<const storage::Message> sm(std::move(m));
-        shard->post([this, st, sm](Shard& s) {
-            if (st == storage::CommitStatus::ok && sm) {
-                log_queued(s.index(), session_->id(), *sm, "spool");
-            }
-            commit_finished(st);
-            if (st == storage::CommitStatus::ok && sm && s.outbound() != nullptr) {
-                s.outbound()->start(sm, session_->id());
-            }
-            s.work_finished();
-            release();
-        });
-    });
+    spool->submit(std::move(msg),
+                  [this, shard](storage::CommitStatus st, std::unique_ptr<storage::Message> m) {
+                      std::shared_ptr<const storage::Message> sm(std::move(m));
+                      shard->post([this, st, sm](Shard& s) {
+                          if (st == storage::CommitStatus::ok && sm) {
+                              log_queued(s.index(), session_->id(), *sm, "spool");
+                          }
+                          commit_finished(st);
+                          if (st == storage::CommitStatus::ok && sm && s.outbound() != nullptr) {
+                              s.outbound()->start(sm, session_->id());
+                          }
+                          s.work_finished();
+                          release();
+                      });
+                  });
 }
 
 storage::CommitStatus Connection::admission() const {
@@ -421,7 +431,7 @@ storage::CommitStatus Connection::admission() const {
         return storage::CommitStatus::ok;
     }
     return spool->admission() == storage::Admission::ok ? storage::CommitStatus::ok
-                                                         : storage::CommitStatus::no_space;
+                                                        : storage::CommitStatus::no_space;
 }
 
 void Connection::commit_finished(storage::CommitStatus status) {

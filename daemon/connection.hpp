@@ -19,7 +19,7 @@ namespace sluice {
 class Shard;
 
 class Connection final : public smtp::SessionHooks {
-public:
+  public:
     // Accepts from `server` and starts the session, or refuses (limits) and closes.
     static void accept(Shard& shard, uv_stream_t* server, std::size_t listener_index);
 
@@ -36,7 +36,7 @@ public:
     bool sender_allowed(std::string_view user, std::string_view sender) const override;
     storage::CommitStatus admission() const override;
 
-private:
+  private:
     explicit Connection(Shard& shard);
     ~Connection() override;
 
@@ -46,8 +46,8 @@ private:
     static void on_close(uv_handle_t* h);
 
     void flush();
-    void stage_output();      // session replies -> (TLS) -> sendbuf_
-    void start_tls();         // after the 220 to STARTTLS, or at accept for implicit TLS
+    void stage_output();  // session replies -> (TLS) -> sendbuf_
+    void start_tls();     // after the 220 to STARTTLS, or at accept for implicit TLS
     bool receive_tls(std::string_view cipher, std::string& plain);  // false: close
     void update_reading();
     void close_handle();
@@ -58,8 +58,8 @@ private:
     Shard& shard_;
     uv_tcp_t tcp_{};
     uv_write_t write_req_{};
-    std::string writing_;  // bytes owned by the write in flight
-    std::string sendbuf_;  // bytes for the socket not yet handed to a write
+    std::string writing_;                  // bytes owned by the write in flight
+    std::string sendbuf_;                  // bytes for the socket not yet handed to a write
     std::unique_ptr<tls::TlsStream> tls_;  // only once the session starts TLS (~37 KB)
     std::shared_ptr<const tls::TlsServerConfig> tls_config_;
     bool tls_implicit_ = false;

@@ -115,8 +115,8 @@ ParsedRequest parse_request(std::string_view line) {
         return r;
     }
     const auto& name = it->get_ref<const std::string&>();
-    for (Command c : {Command::status, Command::stats, Command::reload, Command::explain,
-                      Command::queue}) {
+    for (Command c :
+         {Command::status, Command::stats, Command::reload, Command::explain, Command::queue}) {
         if (name == command_name(c)) {
             r.request = Request{c, std::move(body)};
             return r;

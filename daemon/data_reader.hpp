@@ -15,7 +15,7 @@
 namespace sluice::smtp {
 
 class DataReader {
-public:
+  public:
     enum class Status : std::uint8_t {
         need_more,  // all input consumed, the message continues
         done,       // end of data seen; `consumed` stops right after it
@@ -33,12 +33,12 @@ public:
     // Appends the unstuffed content of `input` to `out` (CRLF kept as on the wire).
     Result feed(std::string_view input, std::string& out);
 
-    std::uint64_t size() const { return size_; }          // content bytes, stored or not
+    std::uint64_t size() const { return size_; }  // content bytes, stored or not
     bool oversized() const { return size_ > max_size_; }
     bool has_nul() const { return has_nul_; }
-    bool long_line() const { return long_line_; }          // a line over 1000 octets
+    bool long_line() const { return long_line_; }  // a line over 1000 octets
 
-private:
+  private:
     enum class State : std::uint8_t { line_start, dot, dot_cr, in_line, cr };
 
     void emit(std::string& out, std::string_view bytes);

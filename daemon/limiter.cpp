@@ -8,7 +8,8 @@ std::size_t ConnectionLimiter::Hash::operator()(const IpAddr& ip) const noexcept
     std::uint64_t a, b;
     std::memcpy(&a, ip.bytes.data(), 8);
     std::memcpy(&b, ip.bytes.data() + 8, 8);
-    return static_cast<std::size_t>((a * 0x9E3779B97F4A7C15ull) ^ (b * 0xC2B2AE3D27D4EB4Full) ^ (b >> 29));
+    return static_cast<std::size_t>((a * 0x9E3779B97F4A7C15ull) ^ (b * 0xC2B2AE3D27D4EB4Full) ^
+                                    (b >> 29));
 }
 
 ConnectionLimiter::Result ConnectionLimiter::acquire(const IpAddr& ip, std::uint32_t max_total,

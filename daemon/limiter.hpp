@@ -14,14 +14,14 @@
 namespace sluice {
 
 class ConnectionLimiter {
-public:
+  public:
     enum class Result : std::uint8_t { ok, global_limit, ip_limit };
 
     Result acquire(const IpAddr& ip, std::uint32_t max_total, std::uint32_t max_per_ip);
     void release(const IpAddr& ip);
     std::uint32_t total() const { return total_.load(std::memory_order_relaxed); }
 
-private:
+  private:
     struct Hash {
         std::size_t operator()(const IpAddr& ip) const noexcept;
     };

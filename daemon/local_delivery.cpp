@@ -13,9 +13,10 @@ struct LocalDelivery::Batch {
     std::vector<Item> items;
 };
 
-void LocalDelivery::submit(std::unique_ptr<storage::Message> msg, std::string session_id, Done done) {
-    open_.push_back(Item{std::move(msg), std::move(session_id), std::move(done),
-                         storage::CommitStatus::ok, {}});
+void LocalDelivery::submit(std::unique_ptr<storage::Message> msg, std::string session_id,
+                           Done done) {
+    open_.push_back(Item{
+        std::move(msg), std::move(session_id), std::move(done), storage::CommitStatus::ok, {}});
 }
 
 void LocalDelivery::flush() {

@@ -19,7 +19,7 @@
 namespace sluice {
 
 class LocalDelivery {
-public:
+  public:
     // Runs on the loop thread when the batch holding the message is done.
     using Done = std::function<void(storage::CommitStatus)>;
 
@@ -34,7 +34,7 @@ public:
     // Jobs on the thread pool (the shard's loop must not end before they are back).
     std::size_t in_flight() const { return in_flight_; }
 
-private:
+  private:
     struct Item {
         std::unique_ptr<storage::Message> msg;
         std::string session_id;

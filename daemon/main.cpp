@@ -39,10 +39,14 @@ int main(int argc, char** argv) {
             check = true;
         } else if (a == "--log-level" && i + 1 < argc) {
             std::string l = argv[++i];
-            if (l == "debug") set_log_level(Level::debug);
-            else if (l == "info") set_log_level(Level::info);
-            else if (l == "warn") set_log_level(Level::warn);
-            else if (l == "error") set_log_level(Level::error);
+            if (l == "debug")
+                set_log_level(Level::debug);
+            else if (l == "info")
+                set_log_level(Level::info);
+            else if (l == "warn")
+                set_log_level(Level::warn);
+            else if (l == "error")
+                set_log_level(Level::error);
             else {
                 std::cerr << "sluiced: unknown log level \"" << l << "\"\n";
                 return 2;

@@ -7,7 +7,7 @@ namespace sluice {
 namespace {
 
 class LmdbShardMaps final : public ShardMaps {
-public:
+  public:
     LmdbShardMaps(const std::string& dir, int shard)
         : reader_(dir, storage::MapReader::Options{std::chrono::milliseconds(0), shard}) {}
 
@@ -22,7 +22,7 @@ public:
     }
     void refresh() override { reader_.refresh(); }
 
-private:
+  private:
     storage::MapReader reader_;
 };
 
@@ -34,8 +34,9 @@ std::unique_ptr<ShardMaps> make_shard_maps(const Config& config, int shard) {
 
 std::vector<Diagnostic> check_maps(const Config& config, const std::vector<Diagnostic>& already,
                                    bool starting) {
-    return storage::check_maps(config, already,
-                               starting ? storage::UnreadableMap::warning : storage::UnreadableMap::error);
+    return storage::check_maps(
+        config, already,
+        starting ? storage::UnreadableMap::warning : storage::UnreadableMap::error);
 }
 
 }  // namespace sluice

@@ -29,13 +29,17 @@ enum class AuthResult : std::uint8_t { ok, failed, aborted, count_ };
 
 struct Counter {
     std::atomic<std::uint64_t> v{0};
-    void add(std::uint64_t n = 1) { v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+    void add(std::uint64_t n = 1) {
+        v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
     std::uint64_t get() const { return v.load(std::memory_order_relaxed); }
 };
 
 struct Gauge {
     std::atomic<std::int64_t> v{0};
-    void add(std::int64_t n) { v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+    void add(std::int64_t n) {
+        v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
     std::int64_t get() const { return v.load(std::memory_order_relaxed); }
 };
 
@@ -78,9 +82,8 @@ struct ShardMetrics {
             }
             current[listener_names[i]] = c;
         }
-        listener_names.assign(names.begin(),
-                              names.begin() + static_cast<std::ptrdiff_t>(
-                                                  std::min(names.size(), kMaxListeners)));
+        listener_names.assign(names.begin(), names.begin() + static_cast<std::ptrdiff_t>(std::min(
+                                                                 names.size(), kMaxListeners)));
         for (std::size_t i = 0; i < kMaxListeners; ++i) {
             ConnCounts c{};
             if (i < listener_names.size()) {

@@ -43,13 +43,15 @@ smtp::Client::StartTls client_mode(TlsMode m) {
     }
 }
 
-std::string angle(std::string_view a) { return "<" + std::string(a) + ">"; }
+std::string angle(std::string_view a) {
+    return "<" + std::string(a) + ">";
+}
 
 }  // namespace
 
 // One outbound SMTP connection to a next hop: libuv handles around the pure client.
 class Outbound::Link {
-public:
+  public:
     Link(Outbound& ob, Hop& hop) : ob_(ob), hop_(hop), client_(options(ob, hop)) {}
 
     static smtp::Client::Options options(Outbound& ob, Hop& hop) {
@@ -72,9 +74,10 @@ public:
         auto ip = parse_ip(hop_.transport.host);
         if (ip) {
             std::string e;
-            auto sa = parse_sockaddr((ip->v4 ? hop_.transport.host : "[" + hop_.transport.host + "]") +
-                                         ":" + std::to_string(hop_.transport.port),
-                                     e);
+            auto sa =
+                parse_sockaddr((ip->v4 ? hop_.transport.host : "[" + hop_.transport.host + "]") +
+                                   ":" + std::to_string(hop_.transport.port),
+                               e);
             connect_to(reinterpret_cast<const sockaddr*>(&sa->storage));
             return;
         }
@@ -165,10 +168,11 @@ public:
         arm(client_.current_timeout());
     }
 
-private:
+  private:
     void arm(Millis t) {
         if (!closing_) {
-            uv_timer_start(&timer_, on_timer, static_cast<std::uint64_t>(std::max<std::int64_t>(t.count(), 1)), 0);
+            uv_timer_start(&timer_, on_timer,
+                           static_cast<std::uint64_t>(std::max<std::int64_t>(t.count(), 1)), 0);
         }
     }
 
@@ -215,8 +219,8 @@ private:
         tls_config_ = cfg;
         // The host as the route names it is the SNI and, with verify_, the name the
         // certificate must carry (RFC 6125); an IP literal is sent without SNI.
-        tls_ = std::make_unique<tls::TlsClientStream>(std::move(cfg), hop_.transport.host,
-                                                      verify_, std::move(resume));
+        tls_ = std::make_unique<tls::TlsClientStream>(std::move(cfg), hop_.transport.host, verify_,
+                                                      std::move(resume));
         if (!tls_->error().empty()) {
             tls_failed(tls_->error());
         }
@@ -512,7 +516,8 @@ void Outbound::pump(Hop& hop) {
         }
     }
     const auto& cfg = *shard_.snapshot()->config;
-    std::size_t limit = std::max<std::size_t>(1, cfg.limits.outbound_connections / cfg.server.shards);
+    std::size_t limit =
+        std::max<std::size_t>(1, cfg.limits.outbound_connections / cfg.server.shards);
     while (!hop.queue.empty() && hop.links.size() < limit && !draining_) {
         auto* link = new Link(*this, hop);
         hop.links.insert(link);
@@ -556,7 +561,8 @@ const Outbound::ClientTls& Outbound::client_tls() {
             if (!client_tls_.verify) {
                 client_tls_.verify_error = e;
                 LogLine(Level::error, "tls_out_config", shard_.index())
-                    .kv("ca_file", cfg->tls.ca_file).kv("error", e);
+                    .kv("ca_file", cfg->tls.ca_file)
+                    .kv("error", e);
             }
         }
     }
@@ -575,24 +581,25 @@ void Outbound::deliver_local(Job job) {
     }
     shard_.work_started();
     auto shared = std::make_shared<Job>(std::move(job));
-    shard_.local_delivery().submit(std::move(copy), shared->session, [this, shared](storage::CommitStatus st) {
-        std::vector<smtp::RecipientResult> results(shared->rcpts.size());
-        for (auto& r : results) {
-            if (st == storage::CommitStatus::ok) {
-                r.kind = smtp::RecipientResult::Kind::delivered;
-                r.code = 250;
-                r.enhanced = "2.0.0";
-                r.text = "delivered to maildir";
-            } else {
-                r.kind = smtp::RecipientResult::Kind::deferred;
-                r.code = 451;
-                r.enhanced = "4.3.0";
-                r.text = "maildir write failed";
+    shard_.local_delivery().submit(
+        std::move(copy), shared->session, [this, shared](storage::CommitStatus st) {
+            std::vector<smtp::RecipientResult> results(shared->rcpts.size());
+            for (auto& r : results) {
+                if (st == storage::CommitStatus::ok) {
+                    r.kind = smtp::RecipientResult::Kind::delivered;
+                    r.code = 250;
+                    r.enhanced = "2.0.0";
+                    r.text = "delivered to maildir";
+                } else {
+                    r.kind = smtp::RecipientResult::Kind::deferred;
+                    r.code = 451;
+                    r.enhanced = "4.3.0";
+                    r.text = "maildir write failed";
+                }
             }
-        }
-        finished(*shared, results, "maildir");
-        shard_.work_finished();
-    });
+            finished(*shared, results, "maildir");
+            shard_.work_finished();
+        });
 }
 
 void Outbound::deliver_inline(std::shared_ptr<const storage::Message> msg, std::string session_id,
@@ -663,13 +670,17 @@ void Outbound::finished(Job& job, const std::vector<smtp::RecipientResult>& resu
         std::size_t idx = job.rcpts[k];
         const auto& r = results[k];
         const auto& rc = msg.recipients[idx];
-        std::string reply = r.reply.empty() ? std::to_string(r.code) + " " + r.enhanced + " " + r.text : r.reply;
+        std::string reply =
+            r.reply.empty() ? std::to_string(r.code) + " " + r.enhanced + " " + r.text : r.reply;
         if (r.kind == smtp::RecipientResult::Kind::delivered) {
             if (relay != "maildir") {
                 spool_.record_delivered(msg.id, idx);
                 metrics.deliveries[static_cast<int>(DeliveryResult::delivered)].add();
                 LogLine(Level::info, "delivered", shard_.index(), job.session)
-                    .kv("id", msg.id).kv("to", angle(rc.address)).kv("relay", relay).kv("reply", reply);
+                    .kv("id", msg.id)
+                    .kv("to", angle(rc.address))
+                    .kv("relay", relay)
+                    .kv("reply", reply);
             } else {
                 spool_.record_delivered(msg.id, idx);
             }
@@ -679,14 +690,20 @@ void Outbound::finished(Job& job, const std::vector<smtp::RecipientResult>& resu
         bool expired = now - msg.received_at >= cfg.spool.max_age;
         if (r.kind == smtp::RecipientResult::Kind::deferred && !expired) {
             const auto& sched = cfg.spool.retry;
-            auto delay = sched.empty() ? Millis(60'000) : sched[std::min<std::size_t>(attempt - 1, sched.size() - 1)];
+            auto delay = sched.empty()
+                             ? Millis(60'000)
+                             : sched[std::min<std::size_t>(attempt - 1, sched.size() - 1)];
             auto next = now + delay;
             spool_.record_deferred(msg.id, idx, reply, next, attempt);
             schedule(msg.id, next);
             metrics.deliveries[static_cast<int>(DeliveryResult::deferred)].add();
             LogLine(Level::info, "deferred", shard_.index(), job.session)
-                .kv("id", msg.id).kv("to", angle(rc.address)).kv("relay", relay).kv("reply", reply)
-                .kv("attempts", attempt).kv("retry_in", format_duration(delay));
+                .kv("id", msg.id)
+                .kv("to", angle(rc.address))
+                .kv("relay", relay)
+                .kv("reply", reply)
+                .kv("attempts", attempt)
+                .kv("retry_in", format_duration(delay));
             continue;
         }
         smtp::RecipientResult final = r;
@@ -697,7 +714,10 @@ void Outbound::finished(Job& job, const std::vector<smtp::RecipientResult>& resu
         spool_.record_failed(msg.id, idx, reply);
         metrics.deliveries[static_cast<int>(DeliveryResult::bounced)].add();
         LogLine(Level::info, "bounced", shard_.index(), job.session)
-            .kv("id", msg.id).kv("to", angle(rc.address)).kv("relay", relay).kv("reply", reply)
+            .kv("id", msg.id)
+            .kv("to", angle(rc.address))
+            .kv("relay", relay)
+            .kv("reply", reply)
             .kv("reason", expired ? "expired" : "refused");
         failed.emplace_back(idx, final);
     }
@@ -737,7 +757,9 @@ void Outbound::bounce(const storage::Message& msg,
     const Route* route = cfg.route_for(domain);
     if (route == nullptr) {
         LogLine(Level::warn, "bounce_dropped", shard_.index())
-            .kv("id", msg.id).kv("to", angle(msg.sender)).kv("reason", "no route for " + domain);
+            .kv("id", msg.id)
+            .kv("to", angle(msg.sender))
+            .kv("reason", "no route for " + domain);
         return;
     }
     auto dsn_msg = std::make_unique<storage::Message>();
@@ -755,19 +777,22 @@ void Outbound::bounce(const storage::Message& msg,
     dsn_msg->listener = "dsn";
     dsn_msg->received_at = in.now;
     LogLine(Level::info, "dsn", shard_.index())
-        .kv("id", dsn_msg->id).kv("original", msg.id).kv("to", angle(msg.sender))
+        .kv("id", dsn_msg->id)
+        .kv("original", msg.id)
+        .kv("to", angle(msg.sender))
         .kv("failed", static_cast<std::uint64_t>(failed.size()));
     Shard* shard = &shard_;
     shard_.work_started();
-    spool_.submit(std::move(dsn_msg), [shard](storage::CommitStatus st, std::unique_ptr<storage::Message> m) {
-        std::shared_ptr<const storage::Message> sm(std::move(m));
-        shard->post([st, sm](Shard& s) {
-            if (st == storage::CommitStatus::ok && s.outbound() != nullptr) {
-                s.outbound()->start(sm, {});
-            }
-            s.work_finished();
-        });
-    });
+    spool_.submit(std::move(dsn_msg),
+                  [shard](storage::CommitStatus st, std::unique_ptr<storage::Message> m) {
+                      std::shared_ptr<const storage::Message> sm(std::move(m));
+                      shard->post([st, sm](Shard& s) {
+                          if (st == storage::CommitStatus::ok && s.outbound() != nullptr) {
+                              s.outbound()->start(sm, {});
+                          }
+                          s.work_finished();
+                      });
+                  });
 }
 
 void Outbound::schedule(const storage::QueueId& id, SysTime when) {

@@ -55,7 +55,7 @@ class TlsSession;
 }  // namespace tls
 
 class Outbound {
-public:
+  public:
     using SysTime = std::chrono::system_clock::time_point;
 
     Outbound(Shard& shard, storage::Spool& spool);
@@ -84,7 +84,7 @@ public:
 
     class Link;
 
-private:
+  private:
     struct InlineState {
         std::vector<bool> delivered;
         int jobs_left = 0;
@@ -92,15 +92,15 @@ private:
     };
     struct Job {
         std::shared_ptr<const storage::Message> msg;
-        std::vector<std::size_t> rcpts;     // indices into msg->recipients
-        std::vector<unsigned> attempts;     // earlier attempts per recipient
-        std::string session;                // for log lines
+        std::vector<std::size_t> rcpts;  // indices into msg->recipients
+        std::vector<unsigned> attempts;  // earlier attempts per recipient
+        std::string session;             // for log lines
         // In-line jobs report here instead of to the spool (shared by the message's jobs).
         std::shared_ptr<InlineState> inline_state;
     };
     void finish_inline(Job& job, const std::vector<smtp::RecipientResult>& results);
     struct Hop {
-        std::string key;                    // "127.0.0.1:2526" (the relay= of log lines)
+        std::string key;  // "127.0.0.1:2526" (the relay= of log lines)
         Transport transport;
         std::deque<Job> queue;
         std::set<Link*> links;

@@ -27,7 +27,9 @@ constexpr std::array<std::int8_t, 256> decode_table() {
 }
 constexpr auto kDecode = decode_table();
 
-char upper_ascii(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c; }
+char upper_ascii(char c) {
+    return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c;
+}
 
 bool iequals(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) {
@@ -121,7 +123,9 @@ Step challenge(std::string_view text) {
 
 }  // namespace
 
-bool valid_identity(std::string_view id) { return identity_problem(id).empty(); }
+bool valid_identity(std::string_view id) {
+    return identity_problem(id).empty();
+}
 
 std::optional<Mechanism> parse_mechanism(std::string_view name) {
     if (iequals(name, "PLAIN")) {
@@ -133,7 +137,9 @@ std::optional<Mechanism> parse_mechanism(std::string_view name) {
     return std::nullopt;
 }
 
-std::string_view mechanism_name(Mechanism m) { return m == Mechanism::plain ? "PLAIN" : "LOGIN"; }
+std::string_view mechanism_name(Mechanism m) {
+    return m == Mechanism::plain ? "PLAIN" : "LOGIN";
+}
 
 std::optional<std::string> base64_decode(std::string_view text) {
     if (text.size() % 4 != 0) {

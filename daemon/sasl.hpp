@@ -63,14 +63,14 @@ struct Credentials {
 struct Step {
     enum class Kind { challenge, done, error };
     Kind kind = Kind::error;
-    std::string challenge;    // challenge: base64 text for "334 " (may be empty)
-    Credentials credentials;  // done
+    std::string challenge;             // challenge: base64 text for "334 " (may be empty)
+    Credentials credentials;           // done
     Reply reply = Reply::auth_failed;  // error: the reply to send
-    std::string reason;       // error: why, for the log (never contains the password)
+    std::string reason;                // error: why, for the log (never contains the password)
 };
 
 class SaslExchange {
-public:
+  public:
     // `args`: what follows "AUTH " on the command line: "MECH [initial-response]".
     // Errors: 501 5.5.4 (syntax_params) without a mechanism or with extra arguments,
     // 504 5.5.4 (auth_mechanism) for an unknown one, 501 5.5.2 bad base64. An initial
@@ -82,7 +82,7 @@ public:
     bool active() const { return stage_ != Stage::idle; }
     Mechanism mechanism() const { return mech_; }
 
-private:
+  private:
     enum class Stage { idle, plain_message, login_user, login_password };
 
     Step finish_plain(std::string_view message);

@@ -1,8 +1,5 @@
 #include "daemon/server.hpp"
 
-#include "daemon/snapshot.hpp"
-#include "storage/spool_ops.hpp"
-
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -14,8 +11,10 @@
 #include <sstream>
 
 #include "common/log.hpp"
+#include "daemon/snapshot.hpp"
 #include "storage/map_check.hpp"
 #include "storage/maps.hpp"
+#include "storage/spool_ops.hpp"
 
 namespace sluice {
 namespace {
@@ -96,7 +95,8 @@ struct Server::ReloadJob {
         auto t0 = std::chrono::steady_clock::now();
         std::string text, error;
         if (!read_file(job.path, text, error)) {
-            job.diagnostics.push_back({Diagnostic::Severity::error, {job.path, 0, 0},
+            job.diagnostics.push_back({Diagnostic::Severity::error,
+                                       {job.path, 0, 0},
                                        "cannot read config file: " + error});
         } else {
             job.loaded = load_config_text(text, job.path);
@@ -160,7 +160,10 @@ bool Server::open_listeners(const Config& cfg) {
         std::string e;
         int probe = make_listen_socket(l.address, false, e);
         if (probe < 0) {
-            LogLine(Level::error, "listen_failed").kv("listener", l.name).kv("address", l.address_text).kv("error", e);
+            LogLine(Level::error, "listen_failed")
+                .kv("listener", l.name)
+                .kv("address", l.address_text)
+                .kv("error", e);
             return false;
         }
         ::close(probe);
@@ -171,7 +174,10 @@ bool Server::open_listeners(const Config& cfg) {
             std::string e;
             int fd = make_listen_socket(l.address, true, e);
             if (fd < 0) {
-                LogLine(Level::error, "listen_failed").kv("listener", l.name).kv("address", l.address_text).kv("error", e);
+                LogLine(Level::error, "listen_failed")
+                    .kv("listener", l.name)
+                    .kv("address", l.address_text)
+                    .kv("error", e);
                 return false;
             }
             fds_[s].push_back(fd);
@@ -220,11 +226,16 @@ int Server::run(std::shared_ptr<const Config> config) {
         uv_signal_init(&loop_, s);
         s->data = this;
     }
-    uv_signal_start(&sigterm_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->stop(); }, SIGTERM);
-    uv_signal_start(&sigint_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->stop(); }, SIGINT);
-    uv_signal_start(&sighup_, [](uv_signal_t* s, int) {
-        static_cast<Server*>(s->data)->reload([](nlohmann::json) {});  // the log says it all
-    }, SIGHUP);
+    uv_signal_start(
+        &sigterm_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->stop(); }, SIGTERM);
+    uv_signal_start(
+        &sigint_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->stop(); }, SIGINT);
+    uv_signal_start(
+        &sighup_,
+        [](uv_signal_t* s, int) {
+            static_cast<Server*>(s->data)->reload([](nlohmann::json) {});  // the log says it all
+        },
+        SIGHUP);
     if (!start_services(*config)) {
         for (auto* s : {&sigterm_, &sigint_, &sighup_}) {
             uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
@@ -249,7 +260,9 @@ int Server::run(std::shared_ptr<const Config> config) {
     schedule_pending();
     {
         LogLine line(Level::info, "started");
-        line.kv("version", SLUICE_VERSION).kv("shards", config->server.shards).kv("config", config->path);
+        line.kv("version", SLUICE_VERSION)
+            .kv("shards", config->server.shards)
+            .kv("config", config->path);
         for (const auto& l : config->listeners) {
             line.kv("listener", l.name + "=" + l.address_text);
         }
@@ -270,7 +283,8 @@ void Server::stop() {
         return;
     }
     stopping_ = true;
-    LogLine(Level::info, "stopping").kv("grace", format_duration(snapshot_->config->limits.shutdown_grace));
+    LogLine(Level::info, "stopping")
+        .kv("grace", format_duration(snapshot_->config->limits.shutdown_grace));
     Millis grace = snapshot_->config->limits.shutdown_grace;
     for (auto& s : shards_) {
         s->post([grace](Shard& sh) { sh.drain(grace); });
@@ -284,8 +298,9 @@ void Server::stop() {
     if (stats_) {
         stats_->set_draining();
     }
-    uv_timer_start(&drain_check_, [](uv_timer_t* t) { static_cast<Server*>(t->data)->check_drained(); },
-                   20, 20);
+    uv_timer_start(
+        &drain_check_, [](uv_timer_t* t) { static_cast<Server*>(t->data)->check_drained(); }, 20,
+        20);
 }
 
 void Server::check_drained() {
@@ -310,17 +325,18 @@ void Server::check_drained() {
 
 std::string Server::listen_stats(const SockAddr& address) {
     if (!stats_) {
-        stats_ = std::make_unique<stats::StatsServer>(&loop_, [this] {
-            return stats::render_prometheus(totals());
-        });
+        stats_ = std::make_unique<stats::StatsServer>(
+            &loop_, [this] { return stats::render_prometheus(totals()); });
     }
     return stats_->listen(address);
 }
 
 bool Server::start_services(const Config& cfg) {
     started_ = std::chrono::steady_clock::now();
-    start_unix_ = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-    uv_async_init(&loop_, &switched_, [](uv_async_t* a) { static_cast<Server*>(a->data)->shard_switched(); });
+    start_unix_ =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    uv_async_init(&loop_, &switched_,
+                  [](uv_async_t* a) { static_cast<Server*>(a->data)->shard_switched(); });
     switched_.data = this;
     uv_timer_init(&loop_, &drain_check_);
     drain_check_.data = this;
@@ -376,7 +392,8 @@ void Server::handle_control(control::Request request, control::ControlServer::Re
             info.shards = static_cast<unsigned>(shards_.size());
             info.generation = snapshot_->generation;
             for (auto& s : shards_) {
-                info.shard_generations.push_back(s->metrics().generation.load(std::memory_order_acquire));
+                info.shard_generations.push_back(
+                    s->metrics().generation.load(std::memory_order_acquire));
                 info.sessions_active += s->metrics().sessions_active.get();
             }
             info.queue_messages = spool_ ? spool_->size() : 0;
@@ -446,7 +463,8 @@ void Server::queue_command(const nlohmann::json& body, control::ControlServer::R
     }
     auto cmd = storage::parse_queue_command(args);
     if (!cmd.ok()) {
-        respond(nlohmann::json{{"ok", true}, {"exit", 2}, {"out", ""}, {"err", cmd.error().message}});
+        respond(
+            nlohmann::json{{"ok", true}, {"exit", 2}, {"out", ""}, {"err", cmd.error().message}});
         return;
     }
     auto* job = new QueueJob;
@@ -601,13 +619,16 @@ void Server::validated(ReloadJob& job) {
         return;
     }
     // The stats endpoint moves last: its new address is the last thing that can fail.
-    auto stats_text = [](const Config& c) { return c.stats.address ? format_sockaddr(*c.stats.address) : ""; };
+    auto stats_text = [](const Config& c) {
+        return c.stats.address ? format_sockaddr(*c.stats.address) : "";
+    };
     if (stats_text(before) != stats_text(after) && after.stats.address) {
         std::string e = listen_stats(*after.stats.address);
         if (!e.empty()) {
             close_added();
             auto it = after.sources.find("stats.address");
-            reload_failed({(it == after.sources.end() ? after.path : position(it->second)) + ": stats.address: " + e},
+            reload_failed({(it == after.sources.end() ? after.path : position(it->second)) +
+                           ": stats.address: " + e},
                           warnings);
             return;
         }
@@ -617,7 +638,9 @@ void Server::validated(ReloadJob& job) {
 
     // Commit: from here nothing fails.
     auto snap = built;
-    auto describe = [](const ListenerConfig& l) { return l.name + " (" + format_sockaddr(l.address) + ")"; };
+    auto describe = [](const ListenerConfig& l) {
+        return l.name + " (" + format_sockaddr(l.address) + ")";
+    };
     nlohmann::json changed;
     changed["keys"] = control::changed_keys(flat_config_, job.flat);
     changed["maps"] = control::changed_maps(map_stamps_, job.stamps);
@@ -691,7 +714,8 @@ void Server::reload_failed(const std::vector<std::string>& errors, const nlohman
         .kv("result", "rejected")
         .kv("generation", snapshot_->generation)
         .kv("errors", static_cast<std::uint64_t>(errors.size()));
-    std::string summary = std::to_string(errors.size()) + (errors.size() == 1 ? " error" : " errors") +
+    std::string summary = std::to_string(errors.size()) +
+                          (errors.size() == 1 ? " error" : " errors") +
                           "; nothing changed, generation " + std::to_string(snapshot_->generation) +
                           " stays in service";
     complete_reload({{"ok", false},

@@ -24,17 +24,16 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "daemon/auth.hpp"
 #include "daemon/control.hpp"
 #include "daemon/limiter.hpp"
 #include "daemon/notify.hpp"
 #include "daemon/shard.hpp"
 #include "daemon/stats.hpp"
-#include "daemon/auth.hpp"
 #include "storage/spool.hpp"
 
 namespace sluice {
@@ -50,7 +49,7 @@ struct ServerOptions {
 };
 
 class Server {
-public:
+  public:
     explicit Server(ServerOptions opts);
     Server(const Server&) = delete;
     Server& operator=(const Server&) = delete;
@@ -59,7 +58,7 @@ public:
     // Runs until SIGTERM/SIGINT and every shard has drained. Returns the exit code.
     int run(std::shared_ptr<const Config> config);
 
-private:
+  private:
     void queue_command(const nlohmann::json& body, control::ControlServer::Respond respond);
     void schedule_pending();
     // Completes one reload request with its reply ({"ok":...}, control protocol).
@@ -95,8 +94,8 @@ private:
     std::unique_ptr<control::ControlServer> control_;
     std::unique_ptr<stats::StatsServer> stats_;
     std::unique_ptr<storage::MapReader> explain_maps_;  // this thread only: explain's view
-    uv_async_t switched_{};      // a shard switched generation (shard threads -> here)
-    uv_timer_t drain_check_{};   // while stopping: have the shards finished?
+    uv_async_t switched_{};     // a shard switched generation (shard threads -> here)
+    uv_timer_t drain_check_{};  // while stopping: have the shards finished?
     std::chrono::steady_clock::time_point started_;
     double start_unix_ = 0;
     std::uint64_t reloads_ok_ = 0;

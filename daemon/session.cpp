@@ -23,8 +23,10 @@ bool ascii_iequals(std::string_view a, std::string_view b) {
     }
     for (std::size_t i = 0; i < a.size(); ++i) {
         char x = a[i], y = b[i];
-        if (x >= 'a' && x <= 'z') x = static_cast<char>(x - 32);
-        if (y >= 'a' && y <= 'z') y = static_cast<char>(y - 32);
+        if (x >= 'a' && x <= 'z')
+            x = static_cast<char>(x - 32);
+        if (y >= 'a' && y <= 'z')
+            y = static_cast<char>(y - 32);
         if (x != y) {
             return false;
         }
@@ -57,7 +59,6 @@ std::string rfc5322_date() {
     return buf;
 }
 
-
 // Counts Received: fields in the header section (RFC 5321 §6.3 loop detection).
 std::uint32_t count_hops(std::string_view data) {
     std::uint32_t hops = 0;
@@ -76,7 +77,9 @@ std::uint32_t count_hops(std::string_view data) {
     return hops;
 }
 
-std::string angle(std::string_view a) { return "<" + std::string(a) + ">"; }
+std::string angle(std::string_view a) {
+    return "<" + std::string(a) + ">";
+}
 
 }  // namespace
 
@@ -109,7 +112,9 @@ Session::Session(SessionParams p) : p_(std::move(p)), cfg_(*p_.snapshot->config)
     tls_active_ = p_.tls_active;
 }
 
-Session::~Session() { p_.metrics->sessions_active.add(-1); }
+Session::~Session() {
+    p_.metrics->sessions_active.add(-1);
+}
 
 policy::Facts Session::facts() const {
     policy::Facts f;
@@ -127,7 +132,8 @@ void Session::start(Clock::time_point now) {
     last_input_ = now;
     auto d = policy::decide_connect(facts(), p_.snapshot->rules, *p_.maps);
     if (d.verdict != policy::Verdict::accept) {
-        auto& m = p_.metrics->connections[p_.listener_index][static_cast<int>(ConnResult::filtered)];
+        auto& m =
+            p_.metrics->connections[p_.listener_index][static_cast<int>(ConnResult::filtered)];
         m.add();
         log_decision("connect", d, {}, {});
         reply_decision(d);
@@ -143,7 +149,9 @@ void Session::start(Clock::time_point now) {
     reply(Reply::greeting, cfg_.server.hostname);
 }
 
-bool Session::wants_input() const { return state_ != State::closed && in_.size() < kMaxPendingInput; }
+bool Session::wants_input() const {
+    return state_ != State::closed && in_.size() < kMaxPendingInput;
+}
 
 void Session::receive(std::string_view bytes, Clock::time_point now) {
     if (state_ == State::closed || bytes.empty()) {
@@ -357,16 +365,16 @@ void Session::on_ehlo(const Command& c, bool extended) {
     }
     std::vector<std::string> lines;
     lines.push_back(cfg_.server.hostname);
-    lines.push_back("PIPELINING");                                         // RFC 2920
-    lines.push_back("SIZE " + std::to_string(cfg_.limits.message_size));   // RFC 1870
-    lines.push_back("8BITMIME");                                           // RFC 6152
-    lines.push_back("ENHANCEDSTATUSCODES");                                // RFC 2034
-    lines.push_back("SMTPUTF8");                                           // RFC 6531
+    lines.push_back("PIPELINING");                                        // RFC 2920
+    lines.push_back("SIZE " + std::to_string(cfg_.limits.message_size));  // RFC 1870
+    lines.push_back("8BITMIME");                                          // RFC 6152
+    lines.push_back("ENHANCEDSTATUSCODES");                               // RFC 2034
+    lines.push_back("SMTPUTF8");                                          // RFC 6531
     if (p_.tls_available && !tls_active_) {
-        lines.push_back("STARTTLS");                                       // RFC 3207
+        lines.push_back("STARTTLS");  // RFC 3207
     }
     if (auth_offered()) {
-        lines.push_back("AUTH " + std::string(sasl::kMechanisms));         // RFC 4954
+        lines.push_back("AUTH " + std::string(sasl::kMechanisms));  // RFC 4954
     }
     append_multiline(out_, Reply::ehlo, lines);
 }
@@ -402,10 +410,17 @@ void Session::on_mail(const Command& c) {
         return;
     }
     switch (parsed.error) {
-        case policy::PathError::none: break;
-        case policy::PathError::needs_smtputf8: reply(Reply::needs_smtputf8); return;
-        case policy::PathError::syntax: reply(Reply::bad_sender); return;
-        default: reply(Reply::sender_too_long); return;
+        case policy::PathError::none:
+            break;
+        case policy::PathError::needs_smtputf8:
+            reply(Reply::needs_smtputf8);
+            return;
+        case policy::PathError::syntax:
+            reply(Reply::bad_sender);
+            return;
+        default:
+            reply(Reply::sender_too_long);
+            return;
     }
     Transaction tx;
     if (p_.listener->sender_login_match && !auth_user_.empty() &&
@@ -416,7 +431,8 @@ void Session::on_mail(const Command& c) {
     for (const auto& prm : params) {
         if (prm.keyword == "SIZE" && prm.has_value && esmtp_) {
             std::uint64_t n = 0;
-            auto [end, ec] = std::from_chars(prm.value.data(), prm.value.data() + prm.value.size(), n);
+            auto [end, ec] =
+                std::from_chars(prm.value.data(), prm.value.data() + prm.value.size(), n);
             if (ec == std::errc::result_out_of_range) {
                 reply(Reply::size_exceeded);
                 return;
@@ -483,10 +499,17 @@ void Session::on_rcpt(const Command& c) {
     }
     auto parsed = policy::parse_path(c.arg, false, tx_.smtputf8);
     switch (parsed.error) {
-        case policy::PathError::none: break;
-        case policy::PathError::needs_smtputf8: reply(Reply::needs_smtputf8); return;
-        case policy::PathError::syntax: reply(Reply::bad_recipient); return;
-        default: reply(Reply::recipient_too_long); return;
+        case policy::PathError::none:
+            break;
+        case policy::PathError::needs_smtputf8:
+            reply(Reply::needs_smtputf8);
+            return;
+        case policy::PathError::syntax:
+            reply(Reply::bad_recipient);
+            return;
+        default:
+            reply(Reply::recipient_too_long);
+            return;
     }
     std::vector<Param> params;
     if (!parse_params(c.arg.substr(parsed.consumed), params)) {
@@ -563,8 +586,9 @@ std::string Session::received_header() const {
         proto += "A";
     }
     std::string ip = format_ip(p_.client);
-    std::string h = "Received: from " + helo_ + " (" + (p_.client.v4 ? "[" + ip + "]" : "[IPv6:" + ip + "]") +
-                    ")\r\n\t" + (auth_user_.empty() ? "" : "(authenticated as " + auth_user_ + ")\r\n\t") +
+    std::string h = "Received: from " + helo_ + " (" +
+                    (p_.client.v4 ? "[" + ip + "]" : "[IPv6:" + ip + "]") + ")\r\n\t" +
+                    (auth_user_.empty() ? "" : "(authenticated as " + auth_user_ + ")\r\n\t") +
                     "by " + cfg_.server.hostname + " (Sluice) with " + proto + " id " + "%ID%";
     if (tls_active_) {
         h += "\r\n\t(" + tls_version_ + " " + tls_cipher_ + ")";
@@ -678,8 +702,8 @@ void Session::tick(Clock::time_point now) {
             bool slow = elapsed >= cfg_.limits.command_deadline && cfg_.limits.min_data_rate > 0 &&
                         static_cast<double>(data_->size()) / secs <
                             static_cast<double>(cfg_.limits.min_data_rate);
-            if (elapsed >= cfg_.limits.data_timeout || now - last_input_ >= cfg_.limits.command_timeout ||
-                slow) {
+            if (elapsed >= cfg_.limits.data_timeout ||
+                now - last_input_ >= cfg_.limits.command_timeout || slow) {
                 reply(Reply::timeout);
                 close(slow ? "data_rate" : "data_timeout");
             }
@@ -701,8 +725,8 @@ void Session::tick(Clock::time_point now) {
 
 void Session::shutdown() {
     draining_ = true;
-    if (state_ == State::command || state_ == State::greeting_delay ||
-        state_ == State::auth_line || state_ == State::starttls) {
+    if (state_ == State::command || state_ == State::greeting_delay || state_ == State::auth_line ||
+        state_ == State::starttls) {
         reply(Reply::shutting_down);
         close("shutdown");
     }
@@ -717,8 +741,7 @@ void Session::peer_closed(std::string_view why) {
 bool Session::auth_offered() const {
     // RFC 4954 §4 and the seeds: AUTH on submission listeners only, and only under TLS
     // unless the listener explicitly allows plaintext (config: loopback addresses only).
-    return p_.listener->role == Role::submission &&
-           (tls_active_ || p_.listener->auth_without_tls);
+    return p_.listener->role == Role::submission && (tls_active_ || p_.listener->auth_without_tls);
 }
 
 void Session::on_starttls(const Command& c, bool more_input) {
@@ -813,7 +836,9 @@ void Session::auth_done(AuthOutcome outcome, Clock::time_point now) {
                          : outcome == AuthOutcome::throttled ? "throttled"
                          : outcome == AuthOutcome::failed    ? "failed"
                                                              : "unavailable";
-    p_.metrics->auth[static_cast<int>(outcome == AuthOutcome::ok ? AuthResult::ok : AuthResult::failed)].add();
+    p_.metrics
+        ->auth[static_cast<int>(outcome == AuthOutcome::ok ? AuthResult::ok : AuthResult::failed)]
+        .add();
     LogLine(Level::info, "auth", p_.shard, p_.id)
         .kv("client", format_ip(p_.client))
         .kv("user", auth_pending_user_)

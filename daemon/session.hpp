@@ -53,7 +53,7 @@ namespace smtp {
 using Clock = std::chrono::steady_clock;
 
 class SessionHooks {
-public:
+  public:
     virtual ~SessionHooks() = default;
     // Hands a complete message to storage. The session stays in `committing` until the
     // owner calls Session::commit_done with the outcome.
@@ -96,9 +96,16 @@ struct SessionParams {
 };
 
 class Session {
-public:
+  public:
     enum class State : std::uint8_t {
-        greeting_delay, command, data, committing, starttls, auth_line, authenticating, closed
+        greeting_delay,
+        command,
+        data,
+        committing,
+        starttls,
+        auth_line,
+        authenticating,
+        closed
     };
 
     explicit Session(SessionParams p);
@@ -134,7 +141,7 @@ public:
     State state() const { return state_; }
     const std::string& id() const { return p_.id; }
 
-private:
+  private:
     struct Transaction {
         std::optional<policy::Address> sender;
         std::vector<storage::Recipient> recipients;

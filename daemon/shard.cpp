@@ -37,7 +37,9 @@ Shard::Shard(ShardOptions o)
     metrics_.generation.store(snapshot_->generation, std::memory_order_relaxed);
 }
 
-Shard::~Shard() { join(); }
+Shard::~Shard() {
+    join();
+}
 
 void Shard::start() {
     // The loop and its async handle exist before the thread does, so post() is safe from
@@ -88,7 +90,8 @@ void Shard::run() {
     });
 
     for (std::size_t i = 0; i < listener_fds_.size(); ++i) {
-        open_listener(i, format_sockaddr(snapshot_->config->listeners[i].address), listener_fds_[i]);
+        open_listener(i, format_sockaddr(snapshot_->config->listeners[i].address),
+                      listener_fds_[i]);
     }
     uv_run(&loop_, UV_RUN_DEFAULT);
     outbound_.reset();
@@ -168,7 +171,9 @@ void Shard::open_listener(std::size_t index, std::string address, int fd) {
         rc = uv_listen(reinterpret_cast<uv_stream_t*>(&l->handle), 1024, on_connection);
     }
     if (rc != 0) {
-        LogLine(Level::error, "listen_failed", index_).kv("address", l->address).kv("error", uv_strerror(rc));
+        LogLine(Level::error, "listen_failed", index_)
+            .kv("address", l->address)
+            .kv("error", uv_strerror(rc));
     }
     listeners_.push_back(std::move(l));
 }

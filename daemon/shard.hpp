@@ -18,8 +18,8 @@
 
 #include "daemon/limiter.hpp"
 #include "daemon/local_delivery.hpp"
-#include "daemon/outbound.hpp"
 #include "daemon/metrics.hpp"
+#include "daemon/outbound.hpp"
 #include "daemon/session.hpp"
 #include "policy/maps.hpp"
 
@@ -32,7 +32,7 @@ class AuthThrottle;
 
 // The maps a shard reads, plus the periodic check for a newly published generation.
 class ShardMaps : public policy::Maps {
-public:
+  public:
     virtual void refresh() = 0;
 };
 
@@ -42,12 +42,12 @@ struct ShardOptions {
     std::vector<int> listener_fds;  // one per snapshot->config->listeners entry, same order
     ConnectionLimiter* limiter = nullptr;
     std::unique_ptr<ShardMaps> maps;
-    storage::Spool* spool = nullptr;  // process-wide; outlives the shard
+    storage::Spool* spool = nullptr;              // process-wide; outlives the shard
     auth::AuthThrottle* auth_throttle = nullptr;  // process-wide, thread-safe
 };
 
 class Shard {
-public:
+  public:
     explicit Shard(ShardOptions opts);
     Shard(const Shard&) = delete;
     Shard& operator=(const Shard&) = delete;
@@ -94,7 +94,7 @@ public:
     void work_started() { ++work_in_flight_; }
     void work_finished();
 
-private:
+  private:
     struct Listener {
         uv_tcp_t handle;
         Shard* shard;

@@ -6,7 +6,9 @@
 namespace sluice::smtp {
 namespace {
 
-char upper(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; }
+char upper(char c) {
+    return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c;
+}
 
 bool iequals(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) {
@@ -28,8 +30,8 @@ struct VerbName {
 constexpr VerbName verbs[] = {
     {"EHLO", Verb::ehlo}, {"HELO", Verb::helo}, {"MAIL", Verb::mail}, {"RCPT", Verb::rcpt},
     {"DATA", Verb::data}, {"RSET", Verb::rset}, {"NOOP", Verb::noop}, {"QUIT", Verb::quit},
-    {"VRFY", Verb::vrfy}, {"EXPN", Verb::expn}, {"HELP", Verb::help},
-    {"STARTTLS", Verb::starttls}, {"AUTH", Verb::auth}, {"BDAT", Verb::bdat},
+    {"VRFY", Verb::vrfy}, {"EXPN", Verb::expn}, {"HELP", Verb::help}, {"STARTTLS", Verb::starttls},
+    {"AUTH", Verb::auth}, {"BDAT", Verb::bdat},
 };
 
 // esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
@@ -39,7 +41,9 @@ bool keyword_char(char c, bool first) {
 }
 
 // esmtp-value = 1*(%d33-60 / %d62-126 / UTF-8 non-ASCII (RFC 6531))
-bool value_char(unsigned char c) { return (c >= 33 && c <= 126 && c != '=') || c >= 0x80; }
+bool value_char(unsigned char c) {
+    return (c >= 33 && c <= 126 && c != '=') || c >= 0x80;
+}
 
 }  // namespace
 

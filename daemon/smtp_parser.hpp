@@ -29,7 +29,7 @@ inline constexpr std::size_t kMaxPath = 256;
 // how SMTP smuggling starts, and a gateway must never interpret it differently from the
 // next hop.
 class LineScanner {
-public:
+  public:
     enum class Status : std::uint8_t {
         line,       // `line` holds one command line without its CRLF
         need_more,  // no complete line yet; keep the bytes and call again with more
@@ -50,12 +50,25 @@ public:
 
     bool skipping() const { return skipping_; }
 
-private:
+  private:
     bool skipping_ = false;
 };
 
 enum class Verb : std::uint8_t {
-    ehlo, helo, mail, rcpt, data, rset, noop, quit, vrfy, expn, help, starttls, auth, bdat,
+    ehlo,
+    helo,
+    mail,
+    rcpt,
+    data,
+    rset,
+    noop,
+    quit,
+    vrfy,
+    expn,
+    help,
+    starttls,
+    auth,
+    bdat,
     unknown
 };
 
@@ -70,8 +83,8 @@ struct Param {
 
 struct Command {
     Verb verb = Verb::unknown;
-    std::string_view arg;  // everything after the verb and one space (MAIL/RCPT: after the colon)
-    bool syntax_ok = true; // MAIL without "FROM:", RCPT without "TO:", etc.
+    std::string_view arg;   // everything after the verb and one space (MAIL/RCPT: after the colon)
+    bool syntax_ok = true;  // MAIL without "FROM:", RCPT without "TO:", etc.
     bool has_nul = false;
     bool has_8bit = false;
 };

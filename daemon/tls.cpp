@@ -44,8 +44,7 @@ const mbedtls_ecp_group_id kCurves[] = {
 };
 
 // Signature hashes for ServerKeyExchange and certificate verification: no SHA-1/SHA-224.
-const int kSigHashes[] = {MBEDTLS_MD_SHA256, MBEDTLS_MD_SHA384, MBEDTLS_MD_SHA512,
-                          MBEDTLS_MD_NONE};
+const int kSigHashes[] = {MBEDTLS_MD_SHA256, MBEDTLS_MD_SHA384, MBEDTLS_MD_SHA512, MBEDTLS_MD_NONE};
 
 constexpr std::size_t kMinRsaBits = 2048;
 constexpr std::size_t kReadChunk = 16384;  // one TLS record's plaintext at most
@@ -69,10 +68,9 @@ struct ThreadRng {
         mbedtls_entropy_init(&entropy);
         mbedtls_ctr_drbg_init(&drbg);
         const void* self = this;  // personalisation only; the entropy comes from the OS
-        seed_error = mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy,
-                                           static_cast<const unsigned char*>(
-                                               static_cast<const void*>(&self)),
-                                           sizeof self);
+        seed_error = mbedtls_ctr_drbg_seed(
+            &drbg, mbedtls_entropy_func, &entropy,
+            static_cast<const unsigned char*>(static_cast<const void*>(&self)), sizeof self);
     }
     ~ThreadRng() {
         mbedtls_ctr_drbg_free(&drbg);
@@ -102,7 +100,7 @@ int thread_rng(void*, unsigned char* out, std::size_t len) {
 // is left (which never happens in a running daemon: the next config is loaded before the
 // previous one is released).
 class TicketKeys {
-public:
+  public:
     TicketKeys() { mbedtls_ssl_ticket_init(&ctx_); }
     ~TicketKeys() { mbedtls_ssl_ticket_free(&ctx_); }
     TicketKeys(const TicketKeys&) = delete;
@@ -114,7 +112,7 @@ public:
     }
     mbedtls_ssl_ticket_context* ctx() { return &ctx_; }
 
-private:
+  private:
     mbedtls_ssl_ticket_context ctx_;
 };
 
@@ -136,15 +134,14 @@ std::shared_ptr<TicketKeys> process_ticket_keys(std::string& error) {
 
 std::string x509_time(const mbedtls_x509_time& t) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02dZ", t.year, t.mon, t.day,
-                  t.hour, t.min, t.sec);
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02dZ", t.year, t.mon, t.day, t.hour,
+                  t.min, t.sec);
     return buf;
 }
 
 bool is_ip_literal(const std::string& name) {
-    return !name.empty() &&
-           (name.find(':') != std::string::npos ||
-            name.find_first_not_of("0123456789.") == std::string::npos);
+    return !name.empty() && (name.find(':') != std::string::npos ||
+                             name.find_first_not_of("0123456789.") == std::string::npos);
 }
 
 void apply_common(mbedtls_ssl_config& conf) {
@@ -186,7 +183,9 @@ struct TlsServerConfig::Impl {
 TlsServerConfig::TlsServerConfig() : impl_(std::make_unique<Impl>()) {}
 TlsServerConfig::~TlsServerConfig() = default;
 
-const std::string& TlsServerConfig::summary() const { return impl_->summary; }
+const std::string& TlsServerConfig::summary() const {
+    return impl_->summary;
+}
 
 namespace {
 
@@ -246,8 +245,7 @@ std::string load_chain_and_key(TlsServerConfig::Impl& m, const std::string& cert
         dn[0] = '\0';
     }
     m.summary = std::string("subject=\"") + dn + "\" key=" + mbedtls_pk_get_name(&m.key) + "-" +
-                std::to_string(mbedtls_pk_get_bitlen(&m.key)) +
-                " chain=" + std::to_string(index) +
+                std::to_string(mbedtls_pk_get_bitlen(&m.key)) + " chain=" + std::to_string(index) +
                 " not_after=" + x509_time(m.chain.valid_to);
     return {};
 }
@@ -256,8 +254,7 @@ std::string load_chain_and_key(TlsServerConfig::Impl& m, const std::string& cert
 // 2.28 has no public "was this handshake resumed" getter, and a ticket that parses is
 // exactly the condition under which its server resumes (ssl_parse_session_ticket_ext).
 thread_local TlsChannel::Impl* t_driving = nullptr;
-int parse_ticket(void* p_ticket, mbedtls_ssl_session* session, unsigned char* buf,
-                 std::size_t len);
+int parse_ticket(void* p_ticket, mbedtls_ssl_session* session, unsigned char* buf, std::size_t len);
 
 }  // namespace
 
@@ -307,7 +304,9 @@ struct TlsClientConfig::Impl {
 
 TlsClientConfig::TlsClientConfig() : impl_(std::make_unique<Impl>()) {}
 TlsClientConfig::~TlsClientConfig() = default;
-bool TlsClientConfig::has_ca() const { return impl_->has_ca; }
+bool TlsClientConfig::has_ca() const {
+    return impl_->has_ca;
+}
 
 std::shared_ptr<const TlsClientConfig> TlsClientConfig::load(const std::string& ca_file,
                                                              std::string& error) {
@@ -515,7 +514,9 @@ TlsChannel::Status TlsChannel::send(std::string_view plain) {
     return Status::ok;
 }
 
-std::string& TlsChannel::outbox() { return impl_->out; }
+std::string& TlsChannel::outbox() {
+    return impl_->out;
+}
 
 void TlsChannel::close_notify() {
     Impl& m = *impl_;
@@ -524,7 +525,9 @@ void TlsChannel::close_notify() {
     }
 }
 
-bool TlsChannel::handshake_done() const { return impl_->done; }
+bool TlsChannel::handshake_done() const {
+    return impl_->done;
+}
 
 std::string TlsChannel::version() const {
     return impl_->done ? mbedtls_ssl_get_version(&impl_->ssl) : "";
@@ -535,9 +538,13 @@ std::string TlsChannel::cipher() const {
     return name != nullptr ? name : "";
 }
 
-bool TlsChannel::resumed() const { return impl_->resumed; }
+bool TlsChannel::resumed() const {
+    return impl_->resumed;
+}
 
-std::string TlsChannel::error() const { return impl_->error; }
+std::string TlsChannel::error() const {
+    return impl_->error;
+}
 
 TlsStream::TlsStream(std::shared_ptr<const TlsServerConfig> cfg) {
     if (!cfg) {

@@ -46,7 +46,7 @@ namespace sluice::tls {
 inline constexpr std::chrono::seconds kTicketLifetime{12 * 3600};
 
 class TlsServerConfig {
-public:
+  public:
     // Loads a PEM chain (leaf first, then intermediates) and its PEM private key. Never
     // throws; on failure returns nullptr and sets `error` to one line naming the file.
     static std::shared_ptr<const TlsServerConfig> load(const std::string& cert_path,
@@ -63,14 +63,14 @@ public:
     struct Impl;
     const Impl& impl() const { return *impl_; }
 
-private:
+  private:
     TlsServerConfig();
     std::unique_ptr<Impl> impl_;
 };
 
 // Settings for outbound STARTTLS (client side). Immutable, shared like the server config.
 class TlsClientConfig {
-public:
+  public:
     // `ca_file`: PEM bundle of trusted CAs; empty means no CA, so streams can only be made
     // with verify = false (opportunistic encryption, RFC 7435).
     static std::shared_ptr<const TlsClientConfig> load(const std::string& ca_file,
@@ -84,14 +84,14 @@ public:
     struct Impl;
     const Impl& impl() const { return *impl_; }
 
-private:
+  private:
     TlsClientConfig();
     std::unique_ptr<Impl> impl_;
 };
 
 // What both ends share: feed ciphertext, take plaintext, drain outbox().
 class TlsChannel {
-public:
+  public:
     enum class Status { ok, want_more, closed, error };
 
     virtual ~TlsChannel();
@@ -121,21 +121,21 @@ public:
 
     struct Impl;
 
-protected:
+  protected:
     TlsChannel();
     std::unique_ptr<Impl> impl_;
 };
 
 // Server side: one per inbound connection, created when the session starts TLS.
 class TlsStream final : public TlsChannel {
-public:
+  public:
     explicit TlsStream(std::shared_ptr<const TlsServerConfig> cfg);
 };
 
 // A client's session (with the server's ticket), to resume with the same next hop later
 // (RFC 5077) and skip the full handshake. Immutable; may be shared between threads.
 class TlsSession {
-public:
+  public:
     ~TlsSession();
     TlsSession(const TlsSession&) = delete;
     TlsSession& operator=(const TlsSession&) = delete;
@@ -143,7 +143,7 @@ public:
     struct Impl;
     const Impl& impl() const { return *impl_; }
 
-private:
+  private:
     friend class TlsClientStream;
     TlsSession();
     std::unique_ptr<Impl> impl_;
@@ -158,7 +158,7 @@ private:
 // `resume`: a session() of an earlier stream to the same server; the server may resume it
 // or fall back to a full handshake.
 class TlsClientStream final : public TlsChannel {
-public:
+  public:
     TlsClientStream(std::shared_ptr<const TlsClientConfig> cfg, const std::string& server_name,
                     bool verify, std::shared_ptr<const TlsSession> resume = nullptr);
 

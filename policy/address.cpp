@@ -8,10 +8,18 @@
 namespace sluice::policy {
 namespace {
 
-bool is_alpha(unsigned char c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; }
-bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
-bool is_hex(unsigned char c) { return is_digit(c) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f'); }
-bool is_ldh(unsigned char c) { return is_alpha(c) || is_digit(c) || c == '-'; }
+bool is_alpha(unsigned char c) {
+    return (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+}
+bool is_digit(unsigned char c) {
+    return c >= '0' && c <= '9';
+}
+bool is_hex(unsigned char c) {
+    return is_digit(c) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+}
+bool is_ldh(unsigned char c) {
+    return is_alpha(c) || is_digit(c) || c == '-';
+}
 
 // atext of RFC 5322 §3.2.3, which RFC 5321 §4.1.2 uses for Atom.
 bool is_atext(unsigned char c) {
@@ -19,17 +27,35 @@ bool is_atext(unsigned char c) {
         return true;
     }
     switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '/': case '=': case '?': case '^': case '_': case '`': case '{':
-    case '|': case '}': case '~':
-        return true;
-    default:
-        return false;
+        case '!':
+        case '#':
+        case '$':
+        case '%':
+        case '&':
+        case '\'':
+        case '*':
+        case '+':
+        case '-':
+        case '/':
+        case '=':
+        case '?':
+        case '^':
+        case '_':
+        case '`':
+        case '{':
+        case '|':
+        case '}':
+        case '~':
+            return true;
+        default:
+            return false;
     }
 }
 
 // qtextSMTP of RFC 5321 §4.1.2: printable ASCII and space, except '"' and '\'.
-bool is_qtext(unsigned char c) { return c >= 32 && c <= 126 && c != '"' && c != '\\'; }
+bool is_qtext(unsigned char c) {
+    return c >= 32 && c <= 126 && c != '"' && c != '\\';
+}
 
 bool iequals(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) {
@@ -105,14 +131,22 @@ char32_t lower_code_point(char32_t cp) {
         return (cp % 2 == (odd_upper ? 1u : 0u)) ? cp + 1 : cp;
     }
     switch (cp) {
-    case 0x386: return 0x3AC;
-    case 0x388: return 0x3AD;
-    case 0x389: return 0x3AE;
-    case 0x38A: return 0x3AF;
-    case 0x38C: return 0x3CC;
-    case 0x38E: return 0x3CD;
-    case 0x38F: return 0x3CE;
-    default: return cp;
+        case 0x386:
+            return 0x3AC;
+        case 0x388:
+            return 0x3AD;
+        case 0x389:
+            return 0x3AE;
+        case 0x38A:
+            return 0x3AF;
+        case 0x38C:
+            return 0x3CC;
+        case 0x38E:
+            return 0x3CD;
+        case 0x38F:
+            return 0x3CE;
+        default:
+            return cp;
     }
 }
 
@@ -191,12 +225,12 @@ bool all_digits(std::string_view label) {
 // Recursive descent over one path. Every function returns false with `error_` set on
 // failure; `pos_` then no longer matters.
 class PathParser {
-public:
+  public:
     PathParser(std::string_view text, bool smtputf8) : text_(text), smtputf8_(smtputf8) {}
 
     ParsedPath run(bool reverse_path);
 
-private:
+  private:
     bool fail(PathError e) {
         if (error_ == PathError::none) {
             error_ = e;
@@ -568,28 +602,34 @@ ParsedPath parse_path(std::string_view text, bool reverse_path, bool smtputf8) {
 
 std::string_view path_error_name(PathError e) {
     switch (e) {
-    case PathError::none: return "none";
-    case PathError::syntax: return "syntax";
-    case PathError::local_too_long: return "local_too_long";
-    case PathError::domain_too_long: return "domain_too_long";
-    case PathError::path_too_long: return "path_too_long";
-    case PathError::needs_smtputf8: return "needs_smtputf8";
+        case PathError::none:
+            return "none";
+        case PathError::syntax:
+            return "syntax";
+        case PathError::local_too_long:
+            return "local_too_long";
+        case PathError::domain_too_long:
+            return "domain_too_long";
+        case PathError::path_too_long:
+            return "path_too_long";
+        case PathError::needs_smtputf8:
+            return "needs_smtputf8";
     }
     return "unknown";
 }
 
 Reply path_error_reply(PathError e, bool reverse_path) {
     switch (e) {
-    case PathError::none:
-        return reverse_path ? Reply::sender_ok : Reply::recipient_ok;
-    case PathError::local_too_long:
-    case PathError::domain_too_long:
-    case PathError::path_too_long:
-        return reverse_path ? Reply::sender_too_long : Reply::recipient_too_long;
-    case PathError::needs_smtputf8:
-        return Reply::needs_smtputf8;
-    case PathError::syntax:
-        break;
+        case PathError::none:
+            return reverse_path ? Reply::sender_ok : Reply::recipient_ok;
+        case PathError::local_too_long:
+        case PathError::domain_too_long:
+        case PathError::path_too_long:
+            return reverse_path ? Reply::sender_too_long : Reply::recipient_too_long;
+        case PathError::needs_smtputf8:
+            return Reply::needs_smtputf8;
+        case PathError::syntax:
+            break;
     }
     return reverse_path ? Reply::bad_sender : Reply::bad_recipient;
 }

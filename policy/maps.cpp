@@ -6,14 +6,22 @@ namespace sluice::policy {
 // decisions print.
 std::string_view map_name(MapId id) {
     switch (id) {
-    case MapId::local_domains: return "local_domains";
-    case MapId::local_addresses: return "local_addresses";
-    case MapId::catch_all: return "catch_all";
-    case MapId::privileged_networks: return "privileged_networks";
-    case MapId::connection_filter: return "connection_filter";
-    case MapId::access: return "access";
-    case MapId::users: return "users";
-    case MapId::count_: break;
+        case MapId::local_domains:
+            return "local_domains";
+        case MapId::local_addresses:
+            return "local_addresses";
+        case MapId::catch_all:
+            return "catch_all";
+        case MapId::privileged_networks:
+            return "privileged_networks";
+        case MapId::connection_filter:
+            return "connection_filter";
+        case MapId::access:
+            return "access";
+        case MapId::users:
+            return "users";
+        case MapId::count_:
+            break;
     }
     return "unknown";
 }

@@ -28,16 +28,16 @@ std::string_view map_name(MapId id);
 struct Lookup {
     enum class Status : std::uint8_t { found, missing, unavailable };
     Status status = Status::missing;
-    std::string value;        // the entry's value (may be empty)
-    std::string key;          // the key that matched (for CIDR maps: the prefix, e.g. "10.0.0.0/8")
-    std::string source;       // "FILE:LINE" of the entry in the map's text source, if known
+    std::string value;   // the entry's value (may be empty)
+    std::string key;     // the key that matched (for CIDR maps: the prefix, e.g. "10.0.0.0/8")
+    std::string source;  // "FILE:LINE" of the entry in the map's text source, if known
 
     bool found() const { return status == Status::found; }
     bool unavailable() const { return status == Status::unavailable; }
 };
 
 class Maps {
-public:
+  public:
     virtual ~Maps() = default;
     // Exact match on a normalised key (domains lower-case, no trailing dot).
     virtual Lookup find(MapId map, std::string_view key) const = 0;

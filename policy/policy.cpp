@@ -103,8 +103,8 @@ Action parse_action(std::string_view value) {
     value = trim(value);
     std::size_t sp = value.find_first_of(" \t");
     std::string_view word = value.substr(0, sp);
-    std::string_view rest = sp == std::string_view::npos ? std::string_view{}
-                                                         : trim(value.substr(sp));
+    std::string_view rest =
+        sp == std::string_view::npos ? std::string_view{} : trim(value.substr(sp));
     Action a;
     a.text = rest;
     if (keyword_is(word, "OK")) {
@@ -124,22 +124,22 @@ std::optional<Decision> access_decision(const Lookup& l, std::string_view what) 
     std::string rule = "map access " + l.key;
     std::string entry = "access entry " + l.key + " \"" + l.value + "\"";
     switch (act.kind) {
-    case Action::Kind::ok:
-        return std::nullopt;
-    case Action::Kind::reject: {
-        Decision d = make(Verdict::reject, Code::B120, Reply::blocked, rule, source_or_builtin(l),
-                          std::string(what) + " blocked by " + entry);
-        d.reply_text = std::string(act.text);
-        return d;
-    }
-    case Action::Kind::defer: {
-        Decision d = make(Verdict::defer, Code::B120, Reply::deferred, rule, source_or_builtin(l),
-                          std::string(what) + " deferred by " + entry);
-        d.reply_text = std::string(act.text);
-        return d;
-    }
-    case Action::Kind::unknown:
-        break;
+        case Action::Kind::ok:
+            return std::nullopt;
+        case Action::Kind::reject: {
+            Decision d = make(Verdict::reject, Code::B120, Reply::blocked, rule,
+                              source_or_builtin(l), std::string(what) + " blocked by " + entry);
+            d.reply_text = std::string(act.text);
+            return d;
+        }
+        case Action::Kind::defer: {
+            Decision d = make(Verdict::defer, Code::B120, Reply::deferred, rule,
+                              source_or_builtin(l), std::string(what) + " deferred by " + entry);
+            d.reply_text = std::string(act.text);
+            return d;
+        }
+        case Action::Kind::unknown:
+            break;
     }
     // An entry the policy cannot read must not be skipped (it was meant to block
     // something): defer, so the operator sees it and no mail is lost.
@@ -160,8 +160,8 @@ std::optional<Decision> access_client(const Facts& f, const Maps& maps) {
 }
 
 // "PREFIXlocal@domain" (either case of the local part), else "PREFIX@domain".
-std::optional<Decision> access_address(const Maps& maps, std::string_view prefix,
-                                       const Address& a, std::string_view what) {
+std::optional<Decision> access_address(const Maps& maps, std::string_view prefix, const Address& a,
+                                       std::string_view what) {
     Lookup l = find_address(maps, MapId::access, prefix, a);
     if (l.status == Lookup::Status::missing && !a.domain.empty()) {
         std::string key(prefix);
@@ -240,8 +240,7 @@ Hit domain_wide(const Maps& maps, std::string_view domain) {
 }
 
 bool routing_marks(const Address& a) {
-    return a.had_source_route || a.ip_literal ||
-           a.local.find_first_of("%!@") != std::string::npos;
+    return a.had_source_route || a.ip_literal || a.local.find_first_of("%!@") != std::string::npos;
 }
 
 // The sender side of G106: a local domain and a known address there.
@@ -304,7 +303,9 @@ std::optional<Decision> routing_trick(const Address& rcpt) {
     return std::nullopt;
 }
 
-bool is_postmaster(std::string_view local) { return keyword_is(local, "POSTMASTER"); }
+bool is_postmaster(std::string_view local) {
+    return keyword_is(local, "POSTMASTER");
+}
 
 Decision local_recipient(const Maps& maps, const Address& rcpt, const Hit& dom) {
     std::string addr = rcpt.str();
@@ -313,9 +314,9 @@ Decision local_recipient(const Maps& maps, const Address& rcpt, const Hit& dom) 
         return lookup_failed(MapId::local_addresses, l, addr, false);
     }
     if (l.found()) {
-        Decision d = make(Verdict::accept, Code::L101, Reply::recipient_local,
-                          "map local_addresses " + l.key, source_or_builtin(l),
-                          "local address " + addr);
+        Decision d =
+            make(Verdict::accept, Code::L101, Reply::recipient_local,
+                 "map local_addresses " + l.key, source_or_builtin(l), "local address " + addr);
         if (!l.value.empty()) {
             d.deliver_to = l.value;
             d.reason += " -> " + l.value;
@@ -332,9 +333,9 @@ Decision local_recipient(const Maps& maps, const Address& rcpt, const Hit& dom) 
         return lookup_failed(MapId::catch_all, c, rcpt.domain, false);
     }
     if (c.found()) {
-        Decision d = make(Verdict::accept, Code::L102, Reply::recipient_local,
-                          "map catch_all " + c.key, source_or_builtin(c),
-                          "unknown address " + addr + " to the catch-all");
+        Decision d =
+            make(Verdict::accept, Code::L102, Reply::recipient_local, "map catch_all " + c.key,
+                 source_or_builtin(c), "unknown address " + addr + " to the catch-all");
         d.deliver_to = c.value.empty() ? addr : c.value;
         d.reason += " " + d.deliver_to;
         return d;
@@ -344,14 +345,13 @@ Decision local_recipient(const Maps& maps, const Address& rcpt, const Hit& dom) 
         return failed(wide, addr);
     }
     if (wide.status == Lookup::Status::found) {
-        return make(Verdict::accept, Code::L101, Reply::recipient_local, wide.rule, wide.source,
-                    "local domain " + rcpt.domain + " (" + dom.rule +
-                        ") has no address list: domain-wide");
+        return make(
+            Verdict::accept, Code::L101, Reply::recipient_local, wide.rule, wide.source,
+            "local domain " + rcpt.domain + " (" + dom.rule + ") has no address list: domain-wide");
     }
     return make(Verdict::reject, Code::L103, Reply::unknown_user, "map local_addresses",
                 std::string(kBuiltIn),
-                "unknown address " + addr + " at local domain " + rcpt.domain +
-                    ", no catch_all");
+                "unknown address " + addr + " at local domain " + rcpt.domain + ", no catch_all");
 }
 
 Decision relay(const Facts& f, const Address& sender, const Address& rcpt, const Rules& rules,
@@ -397,15 +397,14 @@ Decision relay(const Facts& f, const Address& sender, const Address& rcpt, const
     // cannot open the relay by one flag.
     if (r.open && r.acknowledge_open_relay) {
         return make(Verdict::accept, Code::G110, Reply::relay_granted, "relay.open",
-                    rules.source_of("relay.open"),
-                    "relay to " + to + " granted: open relay mode");
+                    rules.source_of("relay.open"), "relay to " + to + " granted: open relay mode");
     }
     bool auth_could_apply = r.authenticated && f.role == Role::submission;
     if (r.local_senders && !auth_could_apply && !r.privileged_networks) {
-        return make(Verdict::reject, Code::D109, Reply::relay_denied, "relay.local_senders",
-                    rules.source_of("relay.local_senders"),
-                    "relay to " + to + " denied: sender <" + sender.str() +
-                        "> is not a local address");
+        return make(
+            Verdict::reject, Code::D109, Reply::relay_denied, "relay.local_senders",
+            rules.source_of("relay.local_senders"),
+            "relay to " + to + " denied: sender <" + sender.str() + "> is not a local address");
     }
     std::string tried;
     auto add = [&](std::string_view s) {
@@ -424,43 +423,63 @@ Decision relay(const Facts& f, const Address& sender, const Address& rcpt, const
     if (tried.empty()) {
         tried = "no relay criterion is enabled";
     }
-    return make(Verdict::reject, Code::D111, Reply::relay_denied, "relay",
-                std::string(kBuiltIn), "relay to " + to + " denied: " + tried);
+    return make(Verdict::reject, Code::D111, Reply::relay_denied, "relay", std::string(kBuiltIn),
+                "relay to " + to + " denied: " + tried);
 }
 
 }  // namespace
 
 std::string_view code_name(Code code) {
     switch (code) {
-    case Code::L101: return "L101";
-    case Code::L102: return "L102";
-    case Code::L103: return "L103";
-    case Code::G106: return "G106";
-    case Code::G107: return "G107";
-    case Code::G108: return "G108";
-    case Code::G110: return "G110";
-    case Code::D109: return "D109";
-    case Code::D111: return "D111";
-    case Code::D112: return "D112";
-    case Code::D113: return "D113";
-    case Code::B120: return "B120";
-    case Code::C130: return "C130";
-    case Code::T140: return "T140";
-    case Code::A000: return "A000";
+        case Code::L101:
+            return "L101";
+        case Code::L102:
+            return "L102";
+        case Code::L103:
+            return "L103";
+        case Code::G106:
+            return "G106";
+        case Code::G107:
+            return "G107";
+        case Code::G108:
+            return "G108";
+        case Code::G110:
+            return "G110";
+        case Code::D109:
+            return "D109";
+        case Code::D111:
+            return "D111";
+        case Code::D112:
+            return "D112";
+        case Code::D113:
+            return "D113";
+        case Code::B120:
+            return "B120";
+        case Code::C130:
+            return "C130";
+        case Code::T140:
+            return "T140";
+        case Code::A000:
+            return "A000";
     }
     return "unknown";
 }
 
 std::string_view verdict_name(Verdict verdict) {
     switch (verdict) {
-    case Verdict::accept: return "accept";
-    case Verdict::reject: return "reject";
-    case Verdict::defer: return "defer";
+        case Verdict::accept:
+            return "accept";
+        case Verdict::reject:
+            return "reject";
+        case Verdict::defer:
+            return "defer";
     }
     return "unknown";
 }
 
-std::string Decision::reply_line() const { return sluice::reply_line(reply, {}, reply_text); }
+std::string Decision::reply_line() const {
+    return sluice::reply_line(reply, {}, reply_text);
+}
 
 Rules Rules::from_config(const Config& config) {
     Rules r;
@@ -525,10 +544,10 @@ Decision decide_connect(const Facts& facts, const Rules& rules, const Maps& maps
     if (a.found()) {
         Action act = parse_action(a.value);
         if (act.kind == Action::Kind::reject) {
-            Decision d = make(Verdict::reject, Code::B120, Reply::connection_refused,
-                              "map access " + a.key, source_or_builtin(a),
-                              "client " + ip + " blocked by access entry " + a.key + " \"" +
-                                  a.value + "\"");
+            Decision d =
+                make(Verdict::reject, Code::B120, Reply::connection_refused, "map access " + a.key,
+                     source_or_builtin(a),
+                     "client " + ip + " blocked by access entry " + a.key + " \"" + a.value + "\"");
             d.reply_text = std::string(act.text);
             return d;
         }

@@ -56,7 +56,7 @@ namespace sluice::policy {
 
 // What the session knows about the client when it asks.
 struct Facts {
-    std::string_view listener;   // listener name (for the reason)
+    std::string_view listener;  // listener name (for the reason)
     Role role = Role::mx;
     IpAddr client;
     std::string_view helo;
@@ -67,10 +67,20 @@ struct Facts {
 enum class Verdict { accept, reject, defer };
 
 enum class Code {
-    L101, L102, L103,
-    G106, G107, G108, G110,
-    D109, D111, D112, D113,
-    B120, C130, T140,
+    L101,
+    L102,
+    L103,
+    G106,
+    G107,
+    G108,
+    G110,
+    D109,
+    D111,
+    D112,
+    D113,
+    B120,
+    C130,
+    T140,
     A000,  // a plain accept: connection or MAIL passed every check
 };
 
@@ -96,8 +106,8 @@ struct Decision {
 struct Rules {
     RelayConfig relay{};  // all false: nothing relays
     FilterMode filter = FilterMode::off;
-    std::vector<std::string> local_domains;  // lower-case, no trailing dot
-    std::string hostname;                    // where <Postmaster> goes without local domains
+    std::vector<std::string> local_domains;    // lower-case, no trailing dot
+    std::string hostname;                      // where <Postmaster> goes without local domains
     std::map<std::string, SourceRef> sources;  // config key -> where it was set
 
     static Rules from_config(const Config& config);

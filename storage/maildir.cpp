@@ -13,7 +13,6 @@
 namespace sluice::storage {
 namespace {
 
-
 CommitStatus status_of(int err) {
     return (err == ENOSPC || err == EDQUOT) ? CommitStatus::no_space : CommitStatus::io_error;
 }

@@ -21,12 +21,12 @@ std::vector<Diagnostic> check_maps(const Config& cfg, const std::vector<Diagnost
         auto contents = read_map(cfg.maps.dir, id);
         std::string path = map_path(cfg.maps.dir, id);
         if (!contents.ok()) {
-            diags.push_back({unreadable == UnreadableMap::error ? Diagnostic::Severity::error
-                                                                : Diagnostic::Severity::warning,
-                             {path, 0, 0},
-                             "map " + std::string(map_file_name(id)) +
-                                 " is unreadable (the daemon answers T140): " +
-                                 contents.error().message});
+            diags.push_back(
+                {unreadable == UnreadableMap::error ? Diagnostic::Severity::error
+                                                    : Diagnostic::Severity::warning,
+                 {path, 0, 0},
+                 "map " + std::string(map_file_name(id)) +
+                     " is unreadable (the daemon answers T140): " + contents.error().message});
             continue;
         }
         std::vector<policy::LintEntry>* into = nullptr;

@@ -31,7 +31,6 @@ constexpr std::size_t kMiB = std::size_t{1} << 20;
 // Map space doubles on MDB_MAP_FULL up to this (the estimate is generous, so a retry is rare).
 constexpr std::size_t kMaxMapSize = std::size_t{64} << 30;
 
-
 Error fsync_path(const std::string& path, bool directory) {
     Fd fd(::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC));
     if (fd.get() < 0) {

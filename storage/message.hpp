@@ -21,10 +21,10 @@ struct Recipient {
 };
 
 struct Message {
-    std::string id;          // queue id, unique per host
-    std::string sender;      // canonical, empty for the null sender <>
+    std::string id;      // queue id, unique per host
+    std::string sender;  // canonical, empty for the null sender <>
     std::vector<Recipient> recipients;
-    std::string data;        // the content, CRLF, ends with CRLF
+    std::string data;  // the content, CRLF, ends with CRLF
     // Facts kept for logs, bounces and `queue purge` filters.
     std::string client;
     std::string helo;
@@ -36,8 +36,8 @@ struct Message {
 // The result of handing a message to storage. Only `ok` allows the 250 reply.
 enum class CommitStatus : std::uint8_t {
     ok,
-    io_error,      // write or fsync failed: 451 4.3.0
-    no_space,      // disk (nearly) full: 452 4.3.1
+    io_error,  // write or fsync failed: 451 4.3.0
+    no_space,  // disk (nearly) full: 452 4.3.1
 };
 
 }  // namespace sluice::storage

@@ -40,7 +40,6 @@ constexpr const char* kHelp =
     "overlapping allow/deny filter entries, empty maps that are in use. Prints\n"
     "FILE:LINE:COL: message for each; exits 1 if any is an error.\n";
 
-
 std::string diagnostic_json(const Diagnostic& d) {
     return "{\"file\":" + json_string(d.where.file) + ",\"line\":" + std::to_string(d.where.line) +
            ",\"column\":" + std::to_string(d.where.column) + ",\"severity\":\"" +

@@ -56,7 +56,6 @@ A truncated gzip file is reported (read error) and what was read is counted.
 
 constexpr std::size_t kReadChunk = 1 << 20;
 
-
 std::optional<std::uint64_t> parse_count(std::string_view s) {
     std::uint64_t v = 0;
     auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);

@@ -53,7 +53,6 @@ constexpr const char* kHelp =
     "NAME is one of: local_domains local_addresses catch_all privileged_networks\n"
     "                connection_filter access users\n";
 
-
 std::string entry_json(const std::string& key, const std::string& value,
                        const std::string& source) {
     return "{\"key\":" + json_string(key) + ",\"value\":" + json_string(value) +

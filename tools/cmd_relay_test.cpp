@@ -47,7 +47,6 @@ exit: 0 no relay accepted, 1 a relay was accepted, 2 usage error or the battery
 could not start (cannot connect, no greeting, session refused).
 )";
 
-
 // One line on stderr even when the operator's input holds control characters.
 int usage_error(std::string message) {
     for (char& c : message) {
@@ -133,7 +132,7 @@ int cmd_relay_test(const Args& args, const Options& opts) {
     }
     if (!run.local_sender.empty() && !relay::valid_plain_address(run.local_sender)) {
         return usage_error("--local-sender: expected local@domain, got \"" + run.local_sender +
-                    "\"");
+                           "\"");
     }
     if (!relay::valid_plain_address(run.outside)) {
         return usage_error("--outside: expected local@domain, got \"" + run.outside + "\"");

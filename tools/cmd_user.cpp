@@ -81,7 +81,7 @@ void restore_tty_and_reraise(int sig) {
 }
 
 class EchoOff {
-public:
+  public:
     EchoOff() {
         if (tcgetattr(STDIN_FILENO, &g_saved_tty) != 0) {
             return;
@@ -217,8 +217,8 @@ std::optional<std::vector<std::string>> parse_senders(std::string_view list, std
         } else {
             auto a = storage::normalise_address(item, err);
             if (!a) {
-                error = "sender \"" + std::string(item) + "\": " +
-                        (item.empty() ? std::string("empty") : err);
+                error = "sender \"" + std::string(item) +
+                        "\": " + (item.empty() ? std::string("empty") : err);
                 return std::nullopt;
             }
             out.push_back(*a);
@@ -272,8 +272,7 @@ int do_add(const std::string& dir, const std::string& name,
            const std::vector<std::string>& senders) {
     bool failed = false;
     if (current_value(dir, name, failed)) {
-        return fail("user " + name + " exists (use: sluicectl user passwd " + name + ")",
-                    kProblem);
+        return fail("user " + name + " exists (use: sluicectl user passwd " + name + ")", kProblem);
     }
     if (failed) {
         return kUsage;
@@ -387,8 +386,8 @@ int cmd_user(const Args& args, const Options& opts) {
         }
         senders = std::move(*parsed);
         if (senders.size() > auth::limits::kMaxSenders) {
-            return usage_error("--senders: more than " +
-                               std::to_string(auth::limits::kMaxSenders) + " addresses");
+            return usage_error("--senders: more than " + std::to_string(auth::limits::kMaxSenders) +
+                               " addresses");
         }
     }
     auto dir = maps_dir(opts);

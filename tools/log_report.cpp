@@ -102,7 +102,6 @@ std::string printable(std::string_view s) {
     return out;
 }
 
-
 // The client field may carry an address literal form: "[192.0.2.1]", "[IPv6:2001:db8::1]".
 std::string_view bare_ip(std::string_view s) {
     if (s.size() >= 2 && s.front() == '[' && s.back() == ']') {

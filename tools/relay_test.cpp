@@ -84,7 +84,6 @@ std::string printable(std::string_view s, std::size_t max = std::string::npos) {
     return out;
 }
 
-
 void json_field(std::string& out, std::string_view key, std::string_view value) {
     append_json_string(out, key);
     out.push_back(':');

@@ -34,7 +34,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 parse_params(cmd.arg, params);
             }
             pending.erase(0, r.consumed);
-            if (r.status == LineScanner::Status::need_more && (r.consumed == 0 || pending.empty())) {
+            if (r.status == LineScanner::Status::need_more &&
+                (r.consumed == 0 || pending.empty())) {
                 break;
             }
         }

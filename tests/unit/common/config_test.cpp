@@ -87,11 +87,16 @@ address = "localhost:25"
     auto s = all(r);
     EXPECT_NE(s.find("/tmp/x.toml:2:10: server.shards: expected integer"), std::string::npos) << s;
     EXPECT_NE(s.find("/tmp/x.toml:3:1: unknown key \"server.colour\""), std::string::npos) << s;
-    EXPECT_NE(s.find("/tmp/x.toml:6:16: limits.message_size: unknown size unit"), std::string::npos) << s;
+    EXPECT_NE(s.find("/tmp/x.toml:6:16: limits.message_size: unknown size unit"), std::string::npos)
+        << s;
     EXPECT_NE(s.find("/tmp/x.toml:7:14: limits.recipients: 0 (allowed 1..100000) is out of range"),
-              std::string::npos) << s;
-    EXPECT_NE(s.find("/tmp/x.toml:8:19: limits.command_timeout: expected a duration"), std::string::npos) << s;
-    EXPECT_NE(s.find("/tmp/x.toml:12:11: listener.address: not an IP address"), std::string::npos) << s;
+              std::string::npos)
+        << s;
+    EXPECT_NE(s.find("/tmp/x.toml:8:19: limits.command_timeout: expected a duration"),
+              std::string::npos)
+        << s;
+    EXPECT_NE(s.find("/tmp/x.toml:12:11: listener.address: not an IP address"), std::string::npos)
+        << s;
     // Sorted by position.
     EXPECT_LT(s.find(":2:10:"), s.find(":3:1:"));
     EXPECT_LT(s.find(":8:19:"), s.find(":12:11:"));

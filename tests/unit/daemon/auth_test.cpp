@@ -88,7 +88,8 @@ TEST(Password, DummyHashCostsTheSameAndMatchesNothingGuessable) {
 
 // --- users map values -----------------------------------------------------------------
 
-const std::string kHash = "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o7TwoQ7ZTLyUS4p6KQa/ZzzE7Mw9.U1Y4";
+const std::string kHash =
+    "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o7TwoQ7ZTLyUS4p6KQa/ZzzE7Mw9.U1Y4";
 
 TEST(UserEntry, HashAloneAndWithSenders) {
     std::string err;
@@ -137,8 +138,7 @@ TEST(UserEntry, MalformedValuesAreErrors) {
 
 TEST(UserEntry, SenderOwnership) {
     std::string err;
-    auto e = parse_user_entry(kHash + ";senders=Alice.Smith@example.test,@sales.example.test",
-                              err);
+    auto e = parse_user_entry(kHash + ";senders=Alice.Smith@example.test,@sales.example.test", err);
     ASSERT_TRUE(e) << err;
     // Listed address: local part exact, domain case-insensitive.
     EXPECT_TRUE(sender_allowed(*e, "alice", "Alice.Smith@example.test"));
@@ -176,7 +176,9 @@ struct FakeClock {
     }
 };
 
-IpAddr ip(const char* s) { return *parse_ip(s); }
+IpAddr ip(const char* s) {
+    return *parse_ip(s);
+}
 
 TEST(AuthThrottle, PerIpLimitThenDecay) {
     FakeClock clock;

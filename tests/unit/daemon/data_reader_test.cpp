@@ -38,7 +38,8 @@ Out read_all(const std::string& in, std::size_t step, std::size_t max = 1 << 20)
 
 TEST(DataReader, UnstuffsAndStopsAtEndOfDataAtEveryFragmentSize) {
     std::string in = "Subject: x\r\n\r\n..leading dot\r\n.\r\nnot the end\r\n.\r\nQUIT\r\n";
-    // Per RFC 5321 §4.5.2 "..leading dot" becomes ".leading dot" and ". " lines end only on ".\r\n".
+    // Per RFC 5321 §4.5.2 "..leading dot" becomes ".leading dot" and ". " lines end only on
+    // ".\r\n".
     in = "Subject: x\r\n\r\n..leading dot\r\n.x\r\nbody\r\n.\r\nQUIT\r\n";
     for (std::size_t step = 1; step <= in.size(); ++step) {
         auto o = read_all(in, step);
@@ -57,16 +58,17 @@ TEST(DataReader, EmptyMessage) {
 TEST(DataReader, SmugglingSequencesAreRejectedNotEnded) {
     // Each of these ends DATA for some lenient MTAs; for us they are protocol errors.
     const char* attacks[] = {
-        "a\r\n.\nMAIL FROM:<x@evil.test>\r\n",    // <CR><LF>.<LF>
-        "a\n.\r\nMAIL FROM:<x@evil.test>\r\n",    // <LF>.<CR><LF>
-        "a\r.\r\nMAIL FROM:<x@evil.test>\r\n",    // <CR>.<CR><LF>
-        "a\r\n.\rMAIL FROM:<x@evil.test>\r\n",    // <CR><LF>.<CR>
-        "a\n\nb\r\n.\r\n",                         // bare LF in the body
+        "a\r\n.\nMAIL FROM:<x@evil.test>\r\n",  // <CR><LF>.<LF>
+        "a\n.\r\nMAIL FROM:<x@evil.test>\r\n",  // <LF>.<CR><LF>
+        "a\r.\r\nMAIL FROM:<x@evil.test>\r\n",  // <CR>.<CR><LF>
+        "a\r\n.\rMAIL FROM:<x@evil.test>\r\n",  // <CR><LF>.<CR>
+        "a\n\nb\r\n.\r\n",                      // bare LF in the body
     };
     for (const char* a : attacks) {
         for (std::size_t step : {1u, 2u, 5u, 1000u}) {
             auto o = read_all(a, step);
-            EXPECT_TRUE(o.status == DataReader::Status::bare_lf || o.status == DataReader::Status::bare_cr)
+            EXPECT_TRUE(o.status == DataReader::Status::bare_lf ||
+                        o.status == DataReader::Status::bare_cr)
                 << a << " step " << step;
         }
     }

@@ -12,15 +12,22 @@ namespace {
 using namespace std::string_literals;
 using Kind = Step::Kind;
 
-std::string b64(const std::string& s) { return base64_encode(s); }
+std::string b64(const std::string& s) {
+    return base64_encode(s);
+}
 
 // --- base64 ---------------------------------------------------------------------------
 
 TEST(Base64, Rfc4648TestVectors) {
     // RFC 4648 §10.
     const std::pair<std::string, std::string> vectors[] = {
-        {"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},         {"foo", "Zm9v"},
-        {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"},
+        {"", ""},
+        {"f", "Zg=="},
+        {"fo", "Zm8="},
+        {"foo", "Zm9v"},
+        {"foob", "Zm9vYg=="},
+        {"fooba", "Zm9vYmE="},
+        {"foobar", "Zm9vYmFy"},
     };
     for (const auto& [plain, enc] : vectors) {
         EXPECT_EQ(base64_encode(plain), enc);
@@ -43,21 +50,20 @@ TEST(Base64, AllByteValuesRoundTrip) {
 
 TEST(Base64, StrictDecoderRejectsNonCanonicalInput) {
     const char* bad[] = {
-        "Zg",         // missing padding
-        "Zg=",        // short padding
-        "Zm9v ",      // trailing blank
-        " Zm9v",      // leading blank
-        "Zm 9v",      // blank inside
-        "Zm9v\r\n",   // line break
-        "Zh==",       // non-zero pad bits (canonical is Zg==)
-        "Zm9=",       // non-zero pad bits (canonical is Zm8=)
-        "Z===",       // too much padding
-        "====",       // padding only
-        "Zg==Zm9v",   // padding in the middle
-        "Zm9v=",      // padding after a full quantum
-        "Zm-v",       // base64url alphabet
-        "Zm_v",
-        "*",
+        "Zg",        // missing padding
+        "Zg=",       // short padding
+        "Zm9v ",     // trailing blank
+        " Zm9v",     // leading blank
+        "Zm 9v",     // blank inside
+        "Zm9v\r\n",  // line break
+        "Zh==",      // non-zero pad bits (canonical is Zg==)
+        "Zm9=",      // non-zero pad bits (canonical is Zm8=)
+        "Z===",      // too much padding
+        "====",      // padding only
+        "Zg==Zm9v",  // padding in the middle
+        "Zm9v=",     // padding after a full quantum
+        "Zm-v",      // base64url alphabet
+        "Zm_v",     "*",
     };
     for (const char* b : bad) {
         EXPECT_FALSE(base64_decode(b)) << '"' << b << '"';
@@ -134,15 +140,15 @@ TEST(SaslPlain, AuthzidOtherThanTheUserIsRefused) {
 
 TEST(SaslPlain, MalformedMessagesFailLikeAWrongPassword) {
     const std::string bad[] = {
-        "",                          // empty ("=" initial response)
-        "alice",                     // no NUL at all
-        "\0alice"s,                  // one NUL: no password
-        "\0\0pw"s,                   // empty user
-        "\0alice\0"s,                // empty password
-        "\0alice\0pw\0more"s,        // NUL in the password
-        "\0al\x01ice\0pw"s,          // control character in the user name
-        "\0al\xffice\0pw"s,          // not UTF-8
-        "\0\xc0\xaf\0pw"s,           // overlong UTF-8
+        "",                    // empty ("=" initial response)
+        "alice",               // no NUL at all
+        "\0alice"s,            // one NUL: no password
+        "\0\0pw"s,             // empty user
+        "\0alice\0"s,          // empty password
+        "\0alice\0pw\0more"s,  // NUL in the password
+        "\0al\x01ice\0pw"s,    // control character in the user name
+        "\0al\xffice\0pw"s,    // not UTF-8
+        "\0\xc0\xaf\0pw"s,     // overlong UTF-8
         "\0" + std::string(256, 'u') + "\0pw"s,
         "\0alice\0"s + std::string(limits::kMaxPassword + 1, 'p'),
     };

@@ -31,7 +31,7 @@ local = ["example.test"]
 )";
 
 class Recorder : public SessionHooks {
-public:
+  public:
     std::vector<std::unique_ptr<storage::Message>> commits;
     void commit(std::unique_ptr<storage::Message> m) override { commits.push_back(std::move(m)); }
     bool transport_available(const Transport& t) const override {
@@ -40,9 +40,10 @@ public:
 };
 
 class SessionTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
-        dir_ = std::filesystem::temp_directory_path() / ("sluice-session-" + std::to_string(::getpid()));
+        dir_ = std::filesystem::temp_directory_path() /
+               ("sluice-session-" + std::to_string(::getpid()));
         std::filesystem::create_directories(dir_);
         reader_ = std::make_unique<storage::MapReader>(dir_.string());
         auto r = load_config_text(kConfig, "/tmp/session-test.toml");
@@ -94,7 +95,8 @@ std::vector<std::string> codes(const std::string& out) {
         if (line.size() >= 4 && line[3] == ' ') {
             std::string c = line.substr(0, 3);
             auto sp = line.find(' ', 4);
-            if (line.size() > 5 && std::isdigit(static_cast<unsigned char>(line[4])) && line[5] == '.') {
+            if (line.size() > 5 && std::isdigit(static_cast<unsigned char>(line[4])) &&
+                line[5] == '.') {
                 c += " " + line.substr(4, sp - 4);
             }
             v.push_back(c);
@@ -175,7 +177,12 @@ TEST_F(SessionTest, EnvelopeIsCanonicalAndReceivedHeaderPrepended) {
     EXPECT_EQ(m.recipients[0].address, "User@example.test");
     EXPECT_EQ(m.recipients[0].code, "L101");
     EXPECT_EQ(m.recipients[1].address, "postmaster@example.test");
-    EXPECT_EQ(m.data.rfind("Received: from client.test ([192.0.2.7])\r\n\tby mx.example.test (Sluice) with ESMTP id " + m.id + "; ", 0), 0u) << m.data;
+    EXPECT_EQ(m.data.rfind("Received: from client.test ([192.0.2.7])\r\n\tby mx.example.test "
+                           "(Sluice) with ESMTP id " +
+                               m.id + "; ",
+                           0),
+              0u)
+        << m.data;
     EXPECT_NE(m.data.find(" +0000\r\nSubject: x\r\n"), std::string::npos);
     EXPECT_TRUE(m.data.ends_with("\r\nSubject: x\r\n\r\n.dot\r\n")) << m.data;
 }
@@ -183,9 +190,9 @@ TEST_F(SessionTest, EnvelopeIsCanonicalAndReceivedHeaderPrepended) {
 TEST_F(SessionTest, SameRepliesAtEveryFragmentSize) {
     // RFC 2920 groups: a client waits for the replies to EHLO, DATA and NOOP, so each
     // group is split at every fragment size but never merged with the next one.
-    const std::vector<std::string> groups = {
-        kTransaction.substr(0, 18), kTransaction.substr(18),
-        "Subject: y\r\n\r\nline\r\n.\r\nRSET\r\nNOOP\r\n", "QUIT\r\n"};
+    const std::vector<std::string> groups = {kTransaction.substr(0, 18), kTransaction.substr(18),
+                                             "Subject: y\r\n\r\nline\r\n.\r\nRSET\r\nNOOP\r\n",
+                                             "QUIT\r\n"};
     std::size_t longest = 0;
     for (const auto& g : groups) {
         longest = std::max(longest, g.size());
@@ -213,8 +220,9 @@ TEST_F(SessionTest, SameRepliesAtEveryFragmentSize) {
             reference = joined;
         }
         EXPECT_EQ(joined, reference) << "step " << step;
-        EXPECT_EQ(joined, "220,250,250 2.1.0,250 2.1.5,250 2.1.5,554 5.7.1,354,250 2.0.0,250 2.0.0,"
-                          "250 2.0.0,221 2.0.0,");
+        EXPECT_EQ(joined,
+                  "220,250,250 2.1.0,250 2.1.5,250 2.1.5,554 5.7.1,354,250 2.0.0,250 2.0.0,"
+                  "250 2.0.0,221 2.0.0,");
         EXPECT_EQ(rec_.commits.size(), 1u) << "step " << step;
     }
 }

@@ -29,10 +29,12 @@ std::vector<Event> scan(const std::string& input, std::size_t step) {
                 out.push_back({r.status, std::string(r.line)});
             }
             pending.erase(0, r.consumed);
-            if (r.status == LineScanner::Status::bare_cr || r.status == LineScanner::Status::bare_lf) {
+            if (r.status == LineScanner::Status::bare_cr ||
+                r.status == LineScanner::Status::bare_lf) {
                 return out;
             }
-            if (r.status == LineScanner::Status::need_more && (r.consumed == 0 || pending.empty())) {
+            if (r.status == LineScanner::Status::need_more &&
+                (r.consumed == 0 || pending.empty())) {
                 break;
             }
         }

@@ -406,8 +406,7 @@ TEST(TlsClientStream, VerificationFailuresStopTheHandshake) {
         Status cs = Status::want_more, ss = Status::want_more;
         pump(client, server, 4096, cs, ss);
         EXPECT_EQ(cs, Status::error);
-        EXPECT_NE(client.error().find("verification failed"), std::string::npos)
-            << client.error();
+        EXPECT_NE(client.error().find("verification failed"), std::string::npos) << client.error();
         EXPECT_FALSE(client.handshake_done());
         EXPECT_EQ(client.send("MAIL FROM:<a@b>\r\n"), Status::error);
         EXPECT_EQ(ss, Status::error) << "the server hears the bad_certificate alert";
@@ -502,11 +501,11 @@ TEST(TlsStream, NonEcdheOrNonAeadSuitesAreRefused) {
         int suite;
     };
     const Case cases[] = {
-        {rsa_cfg, MBEDTLS_TLS_RSA_WITH_AES_128_GCM_SHA256},          // no forward secrecy
-        {rsa_cfg, MBEDTLS_TLS_DHE_RSA_WITH_AES_128_GCM_SHA256},      // finite-field DHE
-        {rsa_cfg, MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256},    // not AEAD
-        {ec_config(), MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA}, // not AEAD, SHA-1
-        {ec_config(), MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_CCM},     // AEAD but not offered
+        {rsa_cfg, MBEDTLS_TLS_RSA_WITH_AES_128_GCM_SHA256},           // no forward secrecy
+        {rsa_cfg, MBEDTLS_TLS_DHE_RSA_WITH_AES_128_GCM_SHA256},       // finite-field DHE
+        {rsa_cfg, MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256},     // not AEAD
+        {ec_config(), MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA},  // not AEAD, SHA-1
+        {ec_config(), MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_CCM},      // AEAD but not offered
     };
     for (const auto& c : cases) {
         TlsStream server(c.cfg);
@@ -710,9 +709,8 @@ TEST(TlsTickets, DataPipelinedWithTheClientFinishedArrivesWithTheHandshake) {
     ASSERT_EQ(client.receive(server.outbox(), cp), Status::ok);  // ..server Finished
     server.outbox().clear();
     ASSERT_TRUE(client.done);
-    ASSERT_GT(mbedtls_ssl_write(&client.ssl, reinterpret_cast<const unsigned char*>("EHLO x\r\n"),
-                                8),
-              0);
+    ASSERT_GT(
+        mbedtls_ssl_write(&client.ssl, reinterpret_cast<const unsigned char*>("EHLO x\r\n"), 8), 0);
     EXPECT_FALSE(server.handshake_done());
     EXPECT_EQ(server.receive(client.outbox(), sp), Status::ok) << server.error();
     EXPECT_TRUE(server.handshake_done());

@@ -14,8 +14,12 @@ using namespace sluice::policy;
 
 namespace {
 
-ParsedPath rcpt(std::string_view s, bool utf8 = false) { return parse_path(s, false, utf8); }
-ParsedPath mail(std::string_view s, bool utf8 = false) { return parse_path(s, true, utf8); }
+ParsedPath rcpt(std::string_view s, bool utf8 = false) {
+    return parse_path(s, false, utf8);
+}
+ParsedPath mail(std::string_view s, bool utf8 = false) {
+    return parse_path(s, true, utf8);
+}
 
 // A syntactically valid domain of exactly `n` octets: labels of 'x' (at most 49 octets),
 // separated by dots, never ending in a dot.
@@ -138,29 +142,29 @@ TEST(Address, ValidDomainShapes) {
 
 TEST(Address, RejectsBadGrammar) {
     const char* bad[] = {
-        "",                        // nothing
-        "user@example.test",       // no brackets
-        "<user@example.test",      // no closing bracket
-        "< user@example.test>",    // space
+        "",                      // nothing
+        "user@example.test",     // no brackets
+        "<user@example.test",    // no closing bracket
+        "< user@example.test>",  // space
         "<user @example.test>",
         "<user@ example.test>",
-        "<.user@example.test>",    // dots
+        "<.user@example.test>",  // dots
         "<user.@example.test>",
         "<us..er@example.test>",
-        "<@example.test>",         // empty local part
-        "<user>",                  // no domain
+        "<@example.test>",  // empty local part
+        "<user>",           // no domain
         "<user@>",
         "<user@.example.test>",
         "<user@example..test>",
         "<user@example.test..>",
-        "<user@-example.test>",    // hyphens
+        "<user@-example.test>",  // hyphens
         "<user@example-.test>",
-        "<user@exa_mple.test>",    // underscore
-        "<us(er)@example.test>",   // RFC 5322 comments are not SMTP
-        "<us\\er@example.test>",   // backslash outside quotes
-        "<\"user@example.test>",   // unterminated quote
-        "<\"us\"er@example.test>", // quote in the middle
-        "<a@[1.2.3]>",             // literals
+        "<user@exa_mple.test>",     // underscore
+        "<us(er)@example.test>",    // RFC 5322 comments are not SMTP
+        "<us\\er@example.test>",    // backslash outside quotes
+        "<\"user@example.test>",    // unterminated quote
+        "<\"us\"er@example.test>",  // quote in the middle
+        "<a@[1.2.3]>",              // literals
         "<a@[1.2.3.4.5]>",
         "<a@[256.1.1.1]>",
         "<a@[1.2.3.1234]>",
@@ -170,13 +174,13 @@ TEST(Address, RejectsBadGrammar) {
         "<a@[IPv6:zz::1]>",
         "<a@[IPv6:1::2::3]>",
         "<a@[IPv6:]>",
-        "<a@[tag:general]>",       // General-address-literal: no registered tag
+        "<a@[tag:general]>",  // General-address-literal: no registered tag
         "<a@[ 1.2.3.4]>",
         "<a@example.test@other.test>",  // two '@'
         "<@a.test,b.test:u@c.test>",    // route element without '@'
         "<@a.test u@c.test>",
         "<@a.test:>",
-        "<@[192.0.2.1]:u@c.test>",      // At-domain is a Domain, not a literal
+        "<@[192.0.2.1]:u@c.test>",  // At-domain is a Domain, not a literal
         "<@:u@c.test>",
     };
     for (auto s : bad) {
@@ -193,10 +197,12 @@ TEST(Address, RejectsNulAndControls) {
         "<us\ter@x.test>",
         "<us\rer@x.test>",
         "<us\ner@x.test>",
-        "<us\x7f" "er@x.test>",
+        "<us\x7f"
+        "er@x.test>",
         std::string("<\"us\0er\"@x.test>", 16),
         "<\"us\ter\"@x.test>",
-        "<\"us\\\x01" "er\"@x.test>",
+        "<\"us\\\x01"
+        "er\"@x.test>",
         std::string("<u@ex\0.test>", 12),
         "<u@ex\x01.test>",
     };
@@ -237,8 +243,8 @@ TEST(Address, PathLimit) {
     EXPECT_EQ(rcpt(path(std::string(64, 'a'), domain_of(190))).error, PathError::path_too_long);
     // A source route counts: it is part of the path as sent.
     std::string hop = "@" + domain_of(60);
-    std::string routed = "<" + hop + "," + hop + "," + hop + ":" + std::string(64, 'a') + "@" +
-                         domain_of(60) + ">";
+    std::string routed =
+        "<" + hop + "," + hop + "," + hop + ":" + std::string(64, 'a') + "@" + domain_of(60) + ">";
     EXPECT_TRUE(rcpt(path(std::string(64, 'a'), domain_of(60))).ok());
     EXPECT_EQ(rcpt(routed).error, PathError::path_too_long);
 }
@@ -334,7 +340,9 @@ TEST(AddressTricks, CaseAndTrailingDotCanonicalise) {
 // ----- SMTPUTF8 (RFC 6531 §3.3) -----
 
 TEST(AddressUtf8, NeedsSmtputf8) {
-    for (auto s : {"<j\xc3\xb6rg@example.test>", "<u@b\xc3\xbc" "cher.test>",
+    for (auto s : {"<j\xc3\xb6rg@example.test>",
+                   "<u@b\xc3\xbc"
+                   "cher.test>",
                    "<\"j\xc3\xb6rg x\"@example.test>"}) {
         EXPECT_EQ(rcpt(s).error, PathError::needs_smtputf8) << s;
         auto r = rcpt(s, true);
@@ -344,27 +352,32 @@ TEST(AddressUtf8, NeedsSmtputf8) {
 }
 
 TEST(AddressUtf8, ULabelsAreLowerCased) {
-    auto r = rcpt("<J\xc3\x96RG@B\xc3\x9c" "CHER.Test>", true);  // JÖRG@BÜCHER.Test
+    auto r = rcpt(
+        "<J\xc3\x96RG@B\xc3\x9c"
+        "CHER.Test>",
+        true);  // JÖRG@BÜCHER.Test
     ASSERT_TRUE(r.ok());
-    EXPECT_EQ(r.address.local, "J\xc3\x96RG");                  // local part keeps its case
-    EXPECT_EQ(r.address.domain, "b\xc3\xbc" "cher.test");       // bücher.test
-    r = rcpt("<u@\xce\x91\xce\x92\xce\x93.test>", true);        // ΑΒΓ
+    EXPECT_EQ(r.address.local, "J\xc3\x96RG");  // local part keeps its case
+    EXPECT_EQ(r.address.domain,
+              "b\xc3\xbc"
+              "cher.test");                               // bücher.test
+    r = rcpt("<u@\xce\x91\xce\x92\xce\x93.test>", true);  // ΑΒΓ
     ASSERT_TRUE(r.ok());
     EXPECT_EQ(r.address.domain, "\xce\xb1\xce\xb2\xce\xb3.test");  // αβγ
-    r = rcpt("<u@\xd0\x9f\xd0\xa0\xd0\x98.test>", true);        // ПРИ
+    r = rcpt("<u@\xd0\x9f\xd0\xa0\xd0\x98.test>", true);           // ПРИ
     ASSERT_TRUE(r.ok());
     EXPECT_EQ(r.address.domain, "\xd0\xbf\xd1\x80\xd0\xb8.test");  // при
-    r = rcpt("<u@\xd0\x81\xc5\xbd\xc5\xb8.test>", true);        // ЁŽŸ -> ёžÿ
+    r = rcpt("<u@\xd0\x81\xc5\xbd\xc5\xb8.test>", true);           // ЁŽŸ -> ёžÿ
     ASSERT_TRUE(r.ok());
     EXPECT_EQ(r.address.domain, "\xd1\x91\xc5\xbe\xc3\xbf.test");
 }
 
 TEST(AddressUtf8, MalformedUtf8IsSyntaxEvenWithSmtputf8) {
-    for (std::string s : {"<u\xff@x.test>", "<u\xc0\xaf@x.test>", "<u\xe0\x80\xaf@x.test>",
-                          "<u\xed\xa0\x80@x.test>", "<u\xf4\x90\x80\x80@x.test>",
-                          "<u\xc3@x.test>", "<u\xc2\x85@x.test>" /* C1 NEL */,
-                          "<\"u\\\xc3\xb6\"@x.test>" /* quoted-pair is ASCII only */,
-                          "<u@[192.0.2.\xc3\xb6]>"}) {
+    for (std::string s :
+         {"<u\xff@x.test>", "<u\xc0\xaf@x.test>", "<u\xe0\x80\xaf@x.test>",
+          "<u\xed\xa0\x80@x.test>", "<u\xf4\x90\x80\x80@x.test>", "<u\xc3@x.test>",
+          "<u\xc2\x85@x.test>" /* C1 NEL */,
+          "<\"u\\\xc3\xb6\"@x.test>" /* quoted-pair is ASCII only */, "<u@[192.0.2.\xc3\xb6]>"}) {
         EXPECT_EQ(rcpt(s, true).error, PathError::syntax) << s;
     }
 }
@@ -433,9 +446,22 @@ void check_invariants(const std::string& s, bool reverse, bool utf8) {
 
 TEST(AddressFuzz, GeneratedInputsKeepTheInvariants) {
     static const std::string pieces[] = {
-        "<", ">", "@", ".", ",", ":", "\"", "\\", " ", "%", "!", "a", "Z", "0", "9", "-",
-        "x.test", "Example.TEST", "[", "]", "IPv6:", "::1", "192.0.2.1", "0x", "\xc3\xb6",
-        "\xc3\x96", "\xff", std::string(1, '\0'), "\t", "Postmaster", "user", "@a.test",
+        "<",         ">",
+        "@",         ".",
+        ",",         ":",
+        "\"",        "\\",
+        " ",         "%",
+        "!",         "a",
+        "Z",         "0",
+        "9",         "-",
+        "x.test",    "Example.TEST",
+        "[",         "]",
+        "IPv6:",     "::1",
+        "192.0.2.1", "0x",
+        "\xc3\xb6",  "\xc3\x96",
+        "\xff",      std::string(1, '\0'),
+        "\t",        "Postmaster",
+        "user",      "@a.test",
     };
     std::mt19937 rng(20261122);
     std::uniform_int_distribution<std::size_t> pick(0, std::size(pieces) - 1);
@@ -458,8 +484,13 @@ TEST(AddressFuzz, GeneratedInputsKeepTheInvariants) {
 
 TEST(AddressFuzz, MutationsOfValidPathsKeepTheInvariants) {
     static const char* seeds[] = {
-        "<user@example.test>", "<\"john doe\"@Example.TEST.>", "<@a.test,@b.test:u@c.test>",
-        "<u@[IPv6:2001:db8::1]>", "<u@[192.0.2.1]>", "<j\xc3\xb6rg@b\xc3\xbc" "cher.test>",
+        "<user@example.test>",
+        "<\"john doe\"@Example.TEST.>",
+        "<@a.test,@b.test:u@c.test>",
+        "<u@[IPv6:2001:db8::1]>",
+        "<u@[192.0.2.1]>",
+        "<j\xc3\xb6rg@b\xc3\xbc"
+        "cher.test>",
     };
     std::mt19937 rng(7);
     for (const char* seed : seeds) {
@@ -468,9 +499,15 @@ TEST(AddressFuzz, MutationsOfValidPathsKeepTheInvariants) {
             std::uniform_int_distribution<std::size_t> at(0, s.size() - 1);
             std::size_t p = at(rng);
             switch (rng() % 3) {
-            case 0: s[p] = static_cast<char>(rng() % 256); break;
-            case 1: s.erase(p, 1); break;
-            default: s.insert(p, 1, static_cast<char>(rng() % 128)); break;
+                case 0:
+                    s[p] = static_cast<char>(rng() % 256);
+                    break;
+                case 1:
+                    s.erase(p, 1);
+                    break;
+                default:
+                    s.insert(p, 1, static_cast<char>(rng() % 128));
+                    break;
             }
             check_invariants(s, rng() % 2 == 0, rng() % 2 == 0);
             if (::testing::Test::HasFatalFailure()) {

@@ -16,7 +16,7 @@
 namespace sluice::policy::testing {
 
 class FakeMaps : public Maps {
-public:
+  public:
     void add(MapId map, std::string key, std::string value = {}, std::string source = {}) {
         exact_[index(map)][key] = Entry{std::move(value), std::move(source)};
     }
@@ -88,7 +88,7 @@ public:
     // How many find/find_cidr calls were made (to show a path needs no lookup).
     int lookups() const { return lookups_; }
 
-private:
+  private:
     struct Entry {
         std::string value;
         std::string source;

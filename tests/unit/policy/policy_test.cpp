@@ -28,7 +28,7 @@ IpAddr ip(std::string_view s) {
 }
 
 class PolicyTest : public ::testing::Test {
-public:
+  public:
     void SetUp() override {
         rules.relay = RelayConfig{true, true, false, false, false, false};
         rules.local_domains = {"example.test"};
@@ -51,10 +51,10 @@ public:
                                   "privileged_networks.txt:2"));
         EXPECT_TRUE(maps.add_cidr(MapId::privileged_networks, "2001:db8:1::/48", "lab",
                                   "privileged_networks.txt:3"));
-        EXPECT_TRUE(maps.add_cidr(MapId::access, "203.0.113.0/24", "REJECT go away",
-                                  "access.txt:1"));
-        EXPECT_TRUE(maps.add_cidr(MapId::access, "198.51.100.7", "DEFER slow down",
-                                  "access.txt:2"));
+        EXPECT_TRUE(
+            maps.add_cidr(MapId::access, "203.0.113.0/24", "REJECT go away", "access.txt:1"));
+        EXPECT_TRUE(
+            maps.add_cidr(MapId::access, "198.51.100.7", "DEFER slow down", "access.txt:2"));
         EXPECT_TRUE(maps.add_cidr(MapId::access, "198.51.100.0/24", "OK", "access.txt:3"));
         maps.add(MapId::access, "spammer@bad.test", "REJECT", "access.txt:4");
         maps.add(MapId::access, "@bad.test", "reject Domain blocked", "access.txt:5");
@@ -152,8 +152,8 @@ TEST_F(PolicyTest, L101DomainWideEntry) {
 
 TEST_F(PolicyTest, L101EveryAddressWhenThereIsNoAddressList) {
     FakeMaps empty;
-    auto d = decide_rcpt(mx, addr("<a@outside.test>", true), addr("<whoever@example.test>"),
-                         rules, empty);
+    auto d = decide_rcpt(mx, addr("<a@outside.test>", true), addr("<whoever@example.test>"), rules,
+                         empty);
     EXPECT_EQ(d.code, Code::L101);
     EXPECT_NE(d.reason.find("domain-wide"), std::string::npos);
     // ... but an address list makes the others unknown.
@@ -242,9 +242,9 @@ TEST_F(PolicyTest, G106LocalSender) {
 
 TEST_F(PolicyTest, D109SenderNotLocalWhenOnlyLocalSendersApplies) {
     rules.relay.local_senders = true;
-    for (auto from : {"<stranger@example.test>", "<a@outside.test>", "<>",
-                      "<alice%x@example.test>", "<u@[192.0.2.1]>", "<@r.test:alice@example.test>",
-                      "<alice@example.test.evil.test>"}) {
+    for (auto from :
+         {"<stranger@example.test>", "<a@outside.test>", "<>", "<alice%x@example.test>",
+          "<u@[192.0.2.1]>", "<@r.test:alice@example.test>", "<alice@example.test.evil.test>"}) {
         auto d = rcpt(mx, from, "<x@elsewhere.test>");
         EXPECT_EQ(d.code, Code::D109) << from;
         EXPECT_EQ(d.reply, Reply::relay_denied) << from;
@@ -451,9 +451,8 @@ TEST_F(PolicyTest, T140EveryMapOnThePath) {
         return [from, rcpt_to](PolicyTest& t) { return t.rcpt(t.mx, from, rcpt_to); };
     };
     auto mail = [](std::string_view from) {
-        return [from](PolicyTest& t) {
-            return decide_mail(t.mx, addr(from, true), t.rules, t.maps);
-        };
+        return
+            [from](PolicyTest& t) { return decide_mail(t.mx, addr(from, true), t.rules, t.maps); };
     };
     Case cases[] = {
         {MapId::local_domains, to("<a@o.test>", "<x@maplocal.test>")},
@@ -499,9 +498,9 @@ TEST_F(PolicyTest, T140WhenTheAddressListCannotBeCounted) {
     m.add(MapId::local_addresses, "alice@example.test");
     auto d = decide_rcpt(mx, addr("<a@o.test>", true), addr("<nobody@example.test>"), rules, m);
     EXPECT_EQ(d.code, Code::T140);
-    EXPECT_EQ(decide_rcpt(mx, addr("<a@o.test>", true), addr("<alice@example.test>"), rules, m)
-                  .code,
-              Code::L101);
+    EXPECT_EQ(
+        decide_rcpt(mx, addr("<a@o.test>", true), addr("<alice@example.test>"), rules, m).code,
+        Code::L101);
 }
 
 TEST_F(PolicyTest, T140AtConnectClosesWith421) {
@@ -592,8 +591,8 @@ local = ["Example.TEST."]
     ASSERT_TRUE(maps.add_cidr(MapId::privileged_networks, "10.0.0.0/8", "office", "pn.txt:1"));
     Facts f;
     f.client = *parse_ip("10.9.8.7");
-    auto d = decide_rcpt(f, Address{}, parse_path("<x@elsewhere.test>", false, false).address, r,
-                         maps);
+    auto d =
+        decide_rcpt(f, Address{}, parse_path("<x@elsewhere.test>", false, false).address, r, maps);
     EXPECT_EQ(d.code, Code::G107);
     EXPECT_EQ(d.source, "pn.txt:1");
 }
