@@ -71,6 +71,8 @@ local = ["example.test"]
 dir = "maps"
 [routes]
 "example.test" = "maildir:maildir"
+[control]
+socket = "control.sock"
 """)
     proc = subprocess.Popen([str(ROOT / build / "daemon" / "sluiced"), "--config", str(work / "sluice.toml"),
                              "--log-level", "warn"], preexec_fn=lambda: resource.setrlimit(

@@ -47,6 +47,8 @@ local = ["example.test"]
 dir = "maps"
 [routes]
 "example.test" = "maildir:maildir"
+[control]
+socket = "control.sock"
 TOML
 "$sluiced" --config "$work/sluice.toml" --log-level "${LOG_LEVEL:-info}" 2> "$work/sluiced.log" &
 pids+=($!)

@@ -8,5 +8,11 @@ echo "== parser micro benchmarks (MB/s; memcpy is the reference)"
 "$root/$build/bench/parser_bench" --benchmark_min_time=0.5
 echo "== receiving rate vs smtp-sink"
 "$root/bench/load.sh" "$build" 3
+echo "== STARTTLS vs plaintext, 20 sessions x 10 KB"
+/usr/bin/python3 "$root/bench/tls_throughput.py" "$build" 4000
+echo "== TLS handshake cost vs raw ECDHE+ECDSA"
+"$root/$build/bench/tls_bench" --benchmark_min_time=0.5
+echo "== spool group commit"
+"$root/$build/bench/spool_bench" --seconds 1.5
 echo "== memory with 10000 idle sessions"
 /usr/bin/python3 "$root/bench/idle_memory.py" "$build" 10000
