@@ -1,5 +1,7 @@
 #include "daemon/session.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <charconv>
 #include <ctime>
@@ -84,27 +86,32 @@ std::string angle(std::string_view a) {
 }  // namespace
 
 std::string new_message_id(int shard) {
-    // Unique per host: start time, shard and a per-shard sequence, in compact base 32.
-    static const std::uint64_t boot = static_cast<std::uint64_t>(std::time(nullptr));
-    thread_local std::uint64_t seq = 0;
-    std::uint64_t v = (boot << 24) ^ (static_cast<std::uint64_t>(shard) << 56) ^ ++seq;
+    // Unique per host and over restarts: the process start in milliseconds and its pid
+    // (a restart within the same second must not reuse the ids of recovered messages),
+    // the shard, and a per-shard sequence; base 31 without vowels.
     static constexpr char digits[] = "0123456789BCDFGHJKLMNPQRSTVWXYZ";
-    std::string out;
-    std::uint64_t hi = boot;
-    for (int i = 0; i < 6; ++i) {
-        out.push_back(digits[hi % 31]);
-        hi /= 31;
-    }
-    out.push_back(digits[shard % 31]);
-    std::uint64_t s = seq;
-    (void)v;
+    static const std::string prefix = [] {
+        auto ms = static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::system_clock::now().time_since_epoch())
+                .count());
+        std::uint64_t v = ms * 1000003ull + static_cast<std::uint64_t>(::getpid());
+        std::string p;
+        do {
+            p.push_back(digits[v % 31]);
+            v /= 31;
+        } while (v);
+        return p;
+    }();
+    thread_local std::uint64_t seq = 0;
+    std::uint64_t s = ++seq;
     std::string tail;
     do {
         tail.push_back(digits[s % 31]);
         s /= 31;
     } while (s);
     std::reverse(tail.begin(), tail.end());
-    return out + tail;
+    return prefix + digits[shard % 31] + tail;
 }
 
 Session::Session(SessionParams p) : p_(std::move(p)), cfg_(*p_.snapshot->config) {
@@ -334,7 +341,7 @@ void Session::handle_line(std::string_view line, bool more_input, Clock::time_po
             reply(Reply::help);
             return;
         case Verb::starttls:
-            on_starttls(c, more_input);
+            on_starttls(c);
             return;
         case Verb::auth:
             on_auth(c);
@@ -744,8 +751,7 @@ bool Session::auth_offered() const {
     return p_.listener->role == Role::submission && (tls_active_ || p_.listener->auth_without_tls);
 }
 
-void Session::on_starttls(const Command& c, bool more_input) {
-    (void)more_input;
+void Session::on_starttls(const Command& c) {
     if (tls_active_) {
         reply(Reply::tls_already_active);
         return;

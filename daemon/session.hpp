@@ -157,7 +157,7 @@ class Session {
     void on_mail(const smtp::Command& c);
     void on_rcpt(const smtp::Command& c);
     void on_data(Clock::time_point now);
-    void on_starttls(const smtp::Command& c, bool more_input);
+    void on_starttls(const smtp::Command& c);
     void on_auth(const smtp::Command& c);
     void on_auth_line(std::string_view line);
     void auth_step(const sasl::Step& step);
