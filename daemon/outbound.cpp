@@ -673,16 +673,15 @@ void Outbound::finished(Job& job, const std::vector<smtp::RecipientResult>& resu
         std::string reply =
             r.reply.empty() ? std::to_string(r.code) + " " + r.enhanced + " " + r.text : r.reply;
         if (r.kind == smtp::RecipientResult::Kind::delivered) {
+            spool_.record_delivered(msg.id, idx);
             if (relay != "maildir") {
-                spool_.record_delivered(msg.id, idx);
+                // (maildir deliveries were logged and counted by the batch that wrote them)
                 metrics.deliveries[static_cast<int>(DeliveryResult::delivered)].add();
                 LogLine(Level::info, "delivered", shard_.index(), job.session)
                     .kv("id", msg.id)
                     .kv("to", angle(rc.address))
                     .kv("relay", relay)
                     .kv("reply", reply);
-            } else {
-                spool_.record_delivered(msg.id, idx);
             }
             continue;
         }

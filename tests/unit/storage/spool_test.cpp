@@ -741,6 +741,7 @@ TEST_F(SpoolTest, FinalRecordsOutliveTheirMessagesSegment) {
     auto o = options();
     o.segment_bytes = 1;  // every batch starts a new segment
     o.io = io;
+    o.syncs_in_flight = 1;  // so m1 and m2 wait behind m0's fsync instead of overlapping it
     {
         auto s = open(o);
         ASSERT_TRUE(s);
