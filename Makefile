@@ -5,7 +5,8 @@ SHELL := /bin/bash
 BUILD ?= build
 DEBS := build-essential pkg-config meson ninja-build libuv1-dev libmbedtls-dev liblmdb-dev \
         lmdb-utils libtomlplusplus-dev libgtest-dev libbenchmark-dev libcrypt-dev postfix swaks \
-        python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl nlohmann-json3-dev
+        python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl nlohmann-json3-dev \
+        zlib1g-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps build run test test-slow bench fuzz clean format
@@ -49,6 +50,8 @@ bench: build
 	bench/run-all.sh $(BUILD)
 
 fuzz:
+	@dpkg-query -W -f='$${Status}' clang-14 libclang-rt-14-dev 2>/dev/null | grep -c 'ok installed' | grep -q 2 || \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq clang-14 libclang-rt-14-dev
 	tests/fuzz/run.sh
 
 format:
