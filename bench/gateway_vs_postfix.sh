@@ -18,7 +18,7 @@ B=${SHARED_BENCH:-$root/../shared/bench}
 export PEERS_RUN=${PEERS_RUN:-/tmp/sluice-bench}
 export SRC_OPTS=${SRC_OPTS--d}
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SINK=$(free_port); PF=$(free_port); SL=$(free_port)
+SINK=$(free_port); PF=$(free_port); SL=$(free_port); ST=$(free_port)
 export SINK_PORT=$SINK
 work=$(mktemp -d /tmp/sluice-gw.XXXXXX)
 chmod 755 "$work"   # the postfix user must reach its queue below it
@@ -64,8 +64,11 @@ dir = "maps"
 [spool]
 dir = "spool"
 retry = ["5s", "30s"]
+syncs_in_flight = ${SYNCS:-1}
 [control]
 socket = "control.sock"
+[stats]
+address = "127.0.0.1:$ST"
 TOML
 "$root/$build/daemon/sluiced" --config "$work/sluice/sluice.toml" 2> "$work/sluice/log" &
 sl_pid=$!
@@ -73,6 +76,10 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$SL") 2>/dev/null && break;
 MY_PIDS="$sl_pid" \
 DRAIN_CHECK="$root/$build/tools/sluicectl --config $work/sluice/sluice.toml status --json | grep -q '\"queue_messages\": *0'" \
   "$B/bench.sh" "$(label sluice)" "127.0.0.1:$SL" "$reps" "$scen" | tee "$work/sluice.txt"
+
+echo "== spool group commit over the whole sluiced run"
+curl -s "127.0.0.1:$ST/metrics" | awk '/^sluice_spool_(committed|batches|fsyncs)_total/ {v[$1]=$2}
+  END { c=v["sluice_spool_committed_total"]; if (c > 0) printf "committed=%d batches=%d fsyncs=%d fsyncs_per_msg=%.3f\n", c, v["sluice_spool_batches_total"], v["sluice_spool_fsyncs_total"], v["sluice_spool_fsyncs_total"]/c }'
 
 echo "== ratios (e2e msgs/s medians)"
 /usr/bin/python3 - "$work" $scen <<'PY'

@@ -134,8 +134,9 @@ struct Config {
         std::string dir;
         std::vector<Millis> retry;
         Millis max_age;
-        std::uint64_t max_size;  // 0: unlimited
-        std::uint64_t min_free;  // free disk below this: new mail gets 452 4.3.1
+        std::uint64_t max_size;         // 0: unlimited
+        std::uint64_t min_free;         // free disk below this: new mail gets 452 4.3.1
+        std::uint32_t syncs_in_flight;  // group-commit batches in fdatasync at once
     } spool;
 
     struct {

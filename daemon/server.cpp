@@ -193,6 +193,7 @@ int Server::run(std::shared_ptr<const Config> config) {
     so.dir = config->spool.dir;
     so.max_bytes = config->spool.max_size;
     so.min_free_bytes = config->spool.min_free;
+    so.syncs_in_flight = config->spool.syncs_in_flight;
     auto opened = storage::Spool::open(so);
     if (!opened.ok()) {
         LogLine(Level::error, "spool_failed").kv("dir", so.dir).kv("error", opened.error().message);
@@ -378,6 +379,12 @@ stats::Totals Server::totals() {
     n.reloads_ok = reloads_ok_;
     n.reloads_failed = reloads_failed_;
     n.queue_messages = spool_ ? spool_->size() : 0;
+    if (spool_) {
+        auto st = spool_->stats();
+        n.spool_committed = st.committed;
+        n.spool_batches = st.batches;
+        n.spool_fsyncs = st.fsyncs;
+    }
     n.start_time = start_unix_;
     n.version = SLUICE_VERSION;
     return stats::collect(metrics, n);

@@ -277,6 +277,13 @@ std::string render_prometheus(const Totals& t) {
     w.family("sluice_queue_messages", "gauge", "Messages in the spool.");
     w.sample("sluice_queue_messages", "", t.server.queue_messages);
 
+    w.family("sluice_spool_committed_total", "counter", "Messages the spool made durable.");
+    w.sample("sluice_spool_committed_total", "", t.server.spool_committed);
+    w.family("sluice_spool_batches_total", "counter", "Group-commit batches written.");
+    w.sample("sluice_spool_batches_total", "", t.server.spool_batches);
+    w.family("sluice_spool_fsyncs_total", "counter", "fdatasync/fsync calls of the spool.");
+    w.sample("sluice_spool_fsyncs_total", "", t.server.spool_fsyncs);
+
     w.family("sluice_deliveries_total", "counter", "Delivery attempts per recipient, by result.");
     by_result<DeliveryResult>(w, "sluice_deliveries_total", t.deliveries);
 
@@ -318,6 +325,9 @@ nlohmann::json to_json(const Totals& t) {
     j["messages"] = by_result_json<MsgResult>(t.messages);
     j["bytes_received"] = t.bytes_received;
     j["queue_messages"] = t.server.queue_messages;
+    j["spool"] = {{"committed", t.server.spool_committed},
+                  {"batches", t.server.spool_batches},
+                  {"fsyncs", t.server.spool_fsyncs}};
     j["deliveries"] = by_result_json<DeliveryResult>(t.deliveries);
     j["tls_handshakes"] = by_result_json<TlsResult>(t.tls_handshakes);
     j["auth"] = by_result_json<AuthResult>(t.auth);

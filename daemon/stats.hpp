@@ -45,6 +45,11 @@ struct ServerNumbers {
     std::uint64_t reloads_ok = 0;
     std::uint64_t reloads_failed = 0;
     std::uint64_t queue_messages = 0;
+    // The spool's group commit: messages made durable, batches written, fsyncs issued
+    // (their ratio is the fsyncs per message of issue 4's target).
+    std::uint64_t spool_committed = 0;
+    std::uint64_t spool_batches = 0;
+    std::uint64_t spool_fsyncs = 0;
     double start_time = 0;  // seconds since the Unix epoch
     std::string version;
 };
