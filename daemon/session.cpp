@@ -416,18 +416,9 @@ void Session::on_mail(const Command& c) {
         reply(Reply::syntax_params);
         return;
     }
-    switch (parsed.error) {
-        case policy::PathError::none:
-            break;
-        case policy::PathError::needs_smtputf8:
-            reply(Reply::needs_smtputf8);
-            return;
-        case policy::PathError::syntax:
-            reply(Reply::bad_sender);
-            return;
-        default:
-            reply(Reply::sender_too_long);
-            return;
+    if (!parsed.ok()) {
+        reply(policy::path_error_reply(parsed.error, true));
+        return;
     }
     Transaction tx;
     if (p_.listener->sender_login_match && !auth_user_.empty() &&
@@ -505,18 +496,9 @@ void Session::on_rcpt(const Command& c) {
         return;
     }
     auto parsed = policy::parse_path(c.arg, false, tx_.smtputf8);
-    switch (parsed.error) {
-        case policy::PathError::none:
-            break;
-        case policy::PathError::needs_smtputf8:
-            reply(Reply::needs_smtputf8);
-            return;
-        case policy::PathError::syntax:
-            reply(Reply::bad_recipient);
-            return;
-        default:
-            reply(Reply::recipient_too_long);
-            return;
+    if (!parsed.ok()) {
+        reply(policy::path_error_reply(parsed.error, false));
+        return;
     }
     std::vector<Param> params;
     if (!parse_params(c.arg.substr(parsed.consumed), params)) {
