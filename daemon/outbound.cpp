@@ -465,34 +465,43 @@ void Outbound::start(std::shared_ptr<const storage::Message> msg, std::string se
     route(msg, all, std::vector<unsigned>(all.size(), 0), session_id);
 }
 
+std::map<std::string, Outbound::Job> Outbound::split_by_hop(
+    const std::shared_ptr<const storage::Message>& msg, const std::vector<std::size_t>& rcpts,
+    const std::vector<unsigned>& attempts, const std::string& session) {
+    std::map<std::string, Job> by_hop;
+    for (std::size_t k = 0; k < rcpts.size(); ++k) {
+        auto& job = by_hop[hop_key(msg->recipients[rcpts[k]].transport)];
+        job.msg = msg;
+        job.rcpts.push_back(rcpts[k]);
+        job.attempts.push_back(attempts[k]);
+        job.session = session;
+    }
+    return by_hop;
+}
+
+Outbound::Hop& Outbound::hop_for(const std::string& key, const Transport& t) {
+    auto [it, fresh] = hops_.try_emplace(key);
+    if (fresh) {
+        it->second.key = relay_name(t);
+        it->second.transport = t;
+    }
+    return it->second;
+}
+
 void Outbound::route(const std::shared_ptr<const storage::Message>& msg,
                      const std::vector<std::size_t>& rcpts, const std::vector<unsigned>& attempts,
                      const std::string& session) {
     if (draining_) {
         return;  // durable already: picked up again after the restart
     }
-    std::map<std::string, Job> by_hop;
-    for (std::size_t k = 0; k < rcpts.size(); ++k) {
-        const auto& t = msg->recipients[rcpts[k]].transport;
-        auto& job = by_hop[hop_key(t)];
-        job.msg = msg;
-        job.rcpts.push_back(rcpts[k]);
-        job.attempts.push_back(attempts[k]);
-        job.session = session;
-    }
-    for (auto& [key, job] : by_hop) {
+    for (auto& [key, job] : split_by_hop(msg, rcpts, attempts, session)) {
         ++active_[msg->id];
         const auto& t = msg->recipients[job.rcpts.front()].transport;
         if (t.kind == Transport::Kind::maildir) {
             deliver_local(std::move(job));
             continue;
         }
-        auto [it, fresh] = hops_.try_emplace(key);
-        Hop& hop = it->second;
-        if (fresh) {
-            hop.key = relay_name(t);
-            hop.transport = t;
-        }
+        Hop& hop = hop_for(key, t);
         if (hop.queue.size() >= kMaxQueuedPerHop) {
             // The next hop is slower than the inflow: keep the data on disk, not in memory.
             if (--active_[msg->id] == 0) {
@@ -612,24 +621,15 @@ void Outbound::deliver_inline(std::shared_ptr<const storage::Message> msg, std::
         d(state->delivered);
         return;
     }
-    std::map<std::string, Job> by_hop;
-    for (std::size_t i = 0; i < msg->recipients.size(); ++i) {
-        auto& job = by_hop[hop_key(msg->recipients[i].transport)];
-        job.msg = msg;
-        job.rcpts.push_back(i);
-        job.attempts.push_back(0);
-        job.session = session_id;
-        job.inline_state = state;
+    std::vector<std::size_t> all(msg->recipients.size());
+    for (std::size_t i = 0; i < all.size(); ++i) {
+        all[i] = i;
     }
+    auto by_hop = split_by_hop(msg, all, std::vector<unsigned>(all.size(), 0), session_id);
     state->jobs_left = static_cast<int>(by_hop.size());
     for (auto& [key, job] : by_hop) {
-        const auto& t = msg->recipients[job.rcpts.front()].transport;
-        auto [it, fresh] = hops_.try_emplace(key);
-        Hop& hop = it->second;
-        if (fresh) {
-            hop.key = relay_name(t);
-            hop.transport = t;
-        }
+        job.inline_state = state;
+        Hop& hop = hop_for(key, msg->recipients[job.rcpts.front()].transport);
         hop.queue.push_front(std::move(job));  // a client is waiting: first in line
         pump(hop);
     }

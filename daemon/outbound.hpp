@@ -121,6 +121,12 @@ class Outbound {
         std::string verify_error;
     };
 
+    // The recipients `rcpts` of `msg` grouped by next hop, one job per hop.
+    std::map<std::string, Job> split_by_hop(const std::shared_ptr<const storage::Message>& msg,
+                                            const std::vector<std::size_t>& rcpts,
+                                            const std::vector<unsigned>& attempts,
+                                            const std::string& session);
+    Hop& hop_for(const std::string& key, const Transport& t);
     void route(const std::shared_ptr<const storage::Message>& msg,
                const std::vector<std::size_t>& rcpts, const std::vector<unsigned>& attempts,
                const std::string& session);

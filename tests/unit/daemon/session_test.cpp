@@ -322,3 +322,32 @@ TEST_F(SessionTest, RecipientWithoutUsableRouteFailsClosed) {
     EXPECT_EQ(codes(take(*s)),
               (std::vector<std::string>{"250 2.1.0", "451 4.3.0", "451 4.3.0", "250 2.1.5"}));
 }
+
+TEST_F(SessionTest, ContentThatCannotBeForwardedIsRefusedAtTheEnd) {
+    auto s = make();
+    s->receive("EHLO c.test\r\n", now_);
+    auto transaction = [&](const std::string& content) {
+        take(*s);
+        s->receive("MAIL FROM:<a@outside.test>\r\nRCPT TO:<user@example.test>\r\nDATA\r\n", now_);
+        take(*s);
+        s->receive(content + ".\r\n", now_);
+        return codes(take(*s));
+    };
+    // RFC 5321 §4.5.3.1.6: 998 octets of text per line at most.
+    EXPECT_EQ(transaction(std::string(999, 'a') + "\r\n"), (std::vector<std::string>{"500 5.5.2"}));
+    EXPECT_EQ(transaction(std::string("a\0b\r\n", 5)), (std::vector<std::string>{"554 5.6.0"}));
+    EXPECT_TRUE(rec_.commits.empty());
+    // Neither ends the session: the next transaction goes through.
+    transaction(std::string(998, 'a') + "\r\n");
+    EXPECT_EQ(rec_.commits.size(), 1u);
+}
+
+TEST_F(SessionTest, RcptParametersAreRefused) {
+    auto s = make();
+    s->receive("EHLO c.test\r\n", now_);
+    take(*s);
+    s->receive("MAIL FROM:<a@outside.test>\r\n", now_);
+    s->receive("RCPT TO:<user@example.test> NOTIFY=NEVER\r\n", now_);
+    s->receive("RCPT TO:<user@example.test> =x\r\n", now_);
+    EXPECT_EQ(codes(take(*s)), (std::vector<std::string>{"250 2.1.0", "555 5.5.4", "501 5.5.4"}));
+}
