@@ -6,6 +6,8 @@ build=${1:-build}
 root=$(cd "$(dirname "$0")/.." && pwd)
 echo "== parser micro benchmarks (MB/s; memcpy is the reference)"
 "$root/$build/bench/parser_bench" --benchmark_min_time=0.5
+echo "== relay decision per RCPT (parse_path, decide_rcpt over LMDB maps)"
+"$root/$build/bench/policy_bench" --benchmark_min_time=0.5
 echo "== receiving rate vs smtp-sink"
 "$root/bench/load.sh" "$build" 3
 echo "== STARTTLS vs plaintext, 20 sessions x 10 KB"
