@@ -77,6 +77,8 @@ MY_PIDS="$sl_pid" \
 DRAIN_CHECK="$root/$build/tools/sluicectl --config $work/sluice/sluice.toml status --json | grep -q '\"queue_messages\": *0'" \
   "$B/bench.sh" "$(label sluice)" "127.0.0.1:$SL" "$reps" "$scen" | tee "$work/sluice.txt"
 
+echo "== sluiced CPU over the whole run (user+system, all threads)"
+awk -v tck="$(getconf CLK_TCK)" '{ printf "sluiced_cpu_s user=%.2f sys=%.2f\n", $14/tck, $15/tck }' "/proc/$sl_pid/stat"
 echo "== spool group commit over the whole sluiced run"
 curl -s "127.0.0.1:$ST/metrics" | awk '/^sluice_spool_(committed|batches|fsyncs)_total/ {v[$1]=$2}
   END { c=v["sluice_spool_committed_total"]; if (c > 0) printf "committed=%d batches=%d fsyncs=%d fsyncs_per_msg=%.3f\n", c, v["sluice_spool_batches_total"], v["sluice_spool_fsyncs_total"], v["sluice_spool_fsyncs_total"]/c }'

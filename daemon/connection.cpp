@@ -152,8 +152,19 @@ void Connection::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
     } else {
         c->session_->receive(bytes, smtp::Clock::now());
     }
+    c->sync_expectation();
     c->flush();
     c->update_reading();
+}
+
+void Connection::sync_expectation(bool force_off) {
+    bool want = !force_off && !closing_ && session_->in_transaction();
+    if (want != expecting_) {
+        if (storage::Spool* spool = shard_.spool()) {
+            spool->expect(want ? 1 : -1);
+        }
+        expecting_ = want;
+    }
 }
 
 void Connection::start_tls() {
@@ -287,6 +298,7 @@ void Connection::close_handle() {
     if (closing_) {
         return;
     }
+    sync_expectation(true);
     closing_ = true;
     shard_.remove(this);
     uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), on_close);
@@ -348,6 +360,8 @@ void log_queued(int shard, const std::string& session, const storage::Message& m
 }  // namespace
 
 void Connection::commit(std::unique_ptr<storage::Message> msg) {
+    // Before the submission: the spool's writer must not wait for this one any more.
+    sync_expectation(true);
     // The connection stays alive until storage reports back, even if the peer leaves.
     ++refs_;
     shard_.work_started();

@@ -50,6 +50,7 @@ class Connection final : public smtp::SessionHooks {
     void start_tls();     // after the 220 to STARTTLS, or at accept for implicit TLS
     bool receive_tls(std::string_view cipher, std::string& plain);  // false: close
     void update_reading();
+    void sync_expectation(bool force_off = false);  // storage::Spool::expect
     void close_handle();
     void release();  // drops one reference; deletes at zero
     void commit_finished(storage::CommitStatus status);
@@ -70,6 +71,7 @@ class Connection final : public smtp::SessionHooks {
     bool reading_ = false;
     bool closing_ = false;
     bool limiter_held_ = false;
+    bool expecting_ = false;  // counted in the spool's expected commits
     int refs_ = 1;  // the handle; +1 per thread-pool job
     IpAddr peer_;
     std::unique_ptr<smtp::Session> session_;

@@ -295,36 +295,48 @@ class Outbound::Link {
     }
 
     void flush() {
-        if (!connected_ || write_in_flight_) {
-            return;
-        }
-        if (tls_) {
-            // The client writes nothing between STARTTLS and tls_established(), so all
-            // of its output is meant for the TLS channel.
-            if (tls_->handshake_done() && !client_.output().empty()) {
-                if (tls_->send(client_.output()) != tls::TlsChannel::Status::ok) {
+        while (connected_ && !write_in_flight_) {
+            if (tls_) {
+                // The client writes nothing between STARTTLS and tls_established(), so all
+                // of its output is meant for the TLS channel.
+                if (tls_->handshake_done() && !client_.output().empty()) {
+                    if (tls_->send(client_.output()) != tls::TlsChannel::Status::ok) {
+                        client_.output().clear();
+                        fail("TLS: " + tls_->error());
+                        return;
+                    }
                     client_.output().clear();
-                    fail("TLS: " + tls_->error());
+                }
+                if (tls_->outbox().empty()) {
                     return;
                 }
-                client_.output().clear();
+                // Handshake records, data records and alerts, in order, one write per step.
+                writing_.swap(tls_->outbox());
+                tls_->outbox().clear();
+            } else {
+                if (client_.output().empty()) {
+                    return;
+                }
+                writing_ = client_.take_output();
             }
-            if (tls_->outbox().empty()) {
-                return;
+            // Most writes fit in the socket buffer: written now, they need no write request
+            // (whose completion costs libuv an epoll_ctl). Errors and leftovers go through
+            // uv_write, which reports them in on_write.
+            uv_buf_t b = uv_buf_init(writing_.data(), static_cast<unsigned>(writing_.size()));
+            int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
+            if (n == static_cast<int>(writing_.size())) {
+                writing_.clear();
+                client_.output_drained();  // may fill more output (the next data chunk)
+                continue;
             }
-            // Handshake records, data records and alerts, in order, one write per step.
-            writing_.swap(tls_->outbox());
-            tls_->outbox().clear();
-        } else {
-            if (client_.output().empty()) {
-                return;
+            if (n > 0) {
+                writing_.erase(0, static_cast<std::size_t>(n));
             }
-            writing_ = client_.take_output();
+            write_in_flight_ = true;
+            wreq_.data = this;
+            b = uv_buf_init(writing_.data(), static_cast<unsigned>(writing_.size()));
+            uv_write(&wreq_, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1, on_write);
         }
-        write_in_flight_ = true;
-        wreq_.data = this;
-        uv_buf_t b = uv_buf_init(writing_.data(), static_cast<unsigned>(writing_.size()));
-        uv_write(&wreq_, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1, on_write);
     }
 
     static void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {

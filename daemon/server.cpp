@@ -194,6 +194,7 @@ int Server::run(std::shared_ptr<const Config> config) {
     so.max_bytes = config->spool.max_size;
     so.min_free_bytes = config->spool.min_free;
     so.syncs_in_flight = config->spool.syncs_in_flight;
+    so.commit_delay = config->spool.commit_delay;
     auto opened = storage::Spool::open(so);
     if (!opened.ok()) {
         LogLine(Level::error, "spool_failed").kv("dir", so.dir).kv("error", opened.error().message);

@@ -139,6 +139,11 @@ class Session {
     // False while too much unprocessed input is buffered (the owner stops reading).
     bool wants_input() const;
     State state() const { return state_; }
+    // A sender was accepted and the message is not submitted yet: a commit is likely on
+    // its way (the spool's group commit waits for such company, storage::Spool::expect).
+    bool in_transaction() const {
+        return (state_ == State::command || state_ == State::data) && tx_.sender.has_value();
+    }
     const std::string& id() const { return p_.id; }
 
   private:

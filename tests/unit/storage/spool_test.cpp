@@ -455,6 +455,53 @@ TEST_F(SpoolTest, MaxBatchBoundsABatch) {
     EXPECT_EQ(out.order().front(), "b0");  // FIFO
 }
 
+// Group commit waits for the sessions that announced a message (expect) so that they
+// share one fdatasync: three expected submissions, spread out in time, make one batch.
+TEST_F(SpoolTest, ACommitWaitsForExpectedCompany) {
+    auto o = options();
+    o.commit_delay = 20s;  // never reached: the group completes first
+    o.group_target = 16;
+    auto s = open(o);
+    ASSERT_TRUE(s);
+    // The segment exists first: its creation (a directory sync) is not in the count.
+    ASSERT_EQ(commit_one(*s, make_message("first")), CommitStatus::ok);
+    auto fsyncs = s->stats().fsyncs;
+    Outcomes out;
+    s->expect(3);
+    for (int i = 0; i < 3; ++i) {
+        std::this_thread::sleep_for(20ms);
+        s->expect(-1);
+        s->submit(make_message("g" + std::to_string(i)), out.callback());
+    }
+    ASSERT_TRUE(out.wait_for(3, 10s)) << "the last expected message must end the wait";
+    EXPECT_EQ(s->stats().fsyncs - fsyncs, 1u);
+    EXPECT_EQ(s->stats().committed, 4u);
+}
+
+// Nothing expected: a lone submission never waits for company (commit_delay is not a
+// latency floor for a single session).
+TEST_F(SpoolTest, NothingExpectedMeansNoWait) {
+    auto o = options();
+    o.commit_delay = 60s;
+    auto s = open(o);
+    ASSERT_TRUE(s);
+    for (int i = 0; i < 3; ++i) {
+        Outcomes out;
+        s->submit(make_message("lone" + std::to_string(i)), out.callback());
+        ASSERT_TRUE(out.wait_for(1, 10s)) << "waited for company nobody announced";
+    }
+    // A full group does not wait either, even with more announced.
+    o.group_target = 2;
+    s.reset();
+    s = open(o);
+    Outcomes out;
+    s->expect(10);
+    s->submit(make_message("p0"), out.callback());
+    s->submit(make_message("p1"), out.callback());
+    EXPECT_TRUE(out.wait_for(2, 10s)) << "a full group is written at once";
+    s->expect(-10);
+}
+
 TEST_F(SpoolTest, SecondOpenIsBusy) {
     auto s = open();
     ASSERT_TRUE(s);
@@ -484,8 +531,10 @@ TEST_F(SpoolTest, SubmitAfterCloseFailsAtOnce) {
 TEST_F(SpoolTest, TornTailAtEveryOffsetIsDropped) {
     std::uint64_t before = 0, after = 0;
     std::string seg;
+    auto o = options();
+    o.zero_ahead = 0;  // the file ends where the records end
     {
-        auto s = open();
+        auto s = open(o);
         ASSERT_TRUE(s);
         for (int i = 0; i < 3; ++i) {
             ASSERT_EQ(commit_one(*s, make_message("keep" + std::to_string(i), 200)),
@@ -506,7 +555,7 @@ TEST_F(SpoolTest, TornTailAtEveryOffsetIsDropped) {
         fs::remove_all(dir_);
         fs::copy(pristine, dir_, fs::copy_options::recursive);
         fs::resize_file(seg, cut);
-        auto s = open();
+        auto s = open(o);
         ASSERT_TRUE(s) << cut;
         EXPECT_EQ(s->size(), 3u) << "cut at " << cut;
         EXPECT_FALSE(s->entry("last").has_value()) << "cut at " << cut;
@@ -528,11 +577,39 @@ TEST_F(SpoolTest, TornTailAtEveryOffsetIsDropped) {
     EXPECT_EQ(s->size(), 4u);
 }
 
+// The active segment is zero-filled ahead of its records (fdatasync then writes into
+// existing blocks); recovery finds every record, calls nothing torn and trims the zeros.
+TEST_F(SpoolTest, ZeroFilledSpaceAheadIsNotTornAndIsTrimmed) {
+    auto o = options();
+    o.zero_ahead = 64 * 1024;
+    std::string seg;
+    std::uint64_t records = 0;
+    {
+        auto s = open(o);
+        for (int i = 0; i < 40; ++i) {
+            ASSERT_EQ(commit_one(*s, make_message("z" + std::to_string(i), 3000)),
+                      CommitStatus::ok);
+        }
+        seg = segment_files(dir_).at(0);
+        records = s->stats().bytes;
+        EXPECT_GT(fs::file_size(seg), records) << "space made ahead";
+    }
+    auto s = open(o);
+    EXPECT_EQ(s->size(), 40u);
+    EXPECT_EQ(s->stats().torn_bytes, 0u);
+    EXPECT_EQ(fs::file_size(seg), records);
+    auto m = s->load("z39");
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ((*m)->data, make_message("z39", 3000)->data);
+}
+
 TEST_F(SpoolTest, DamagedOrGarbageTailIsNeverRecovered) {
     std::uint64_t before = 0;
     std::string seg;
+    auto o = options();
+    o.zero_ahead = 0;  // the file ends where the records end
     {
-        auto s = open();
+        auto s = open(o);
         ASSERT_EQ(commit_one(*s, make_message("first", 500)), CommitStatus::ok);
         seg = segment_files(dir_).at(0);
         before = fs::file_size(seg);
@@ -548,12 +625,21 @@ TEST_F(SpoolTest, DamagedOrGarbageTailIsNeverRecovered) {
         EXPECT_TRUE(s->entry("first").has_value());
         EXPECT_FALSE(s->entry("second").has_value());
     }
-    // Zeros after the last record (an extended file whose blocks never made it).
+    // Zeros after the last record (space made ahead, or an extended file whose blocks never
+    // made it): the end of the records, nothing torn.
     write_file(seg, full + std::string(4096, '\0'));
     {
         auto s = open();
         EXPECT_EQ(s->size(), 2u);
-        EXPECT_EQ(s->stats().torn_bytes, 4096u);
+        EXPECT_EQ(s->stats().torn_bytes, 0u);
+    }
+    EXPECT_EQ(fs::file_size(seg), full.size());
+    // A torn record followed by zeros is torn.
+    write_file(seg, full + std::string("\x20\x00\x00\x00\x11", 5) + std::string(4096, '\0'));
+    {
+        auto s = open();
+        EXPECT_EQ(s->size(), 2u);
+        EXPECT_EQ(s->stats().torn_bytes, 4101u);
     }
     // Random garbage with a plausible length.
     std::string garbage = full;
@@ -800,6 +886,7 @@ TEST_F(SpoolTest, SpaceAccountingMatchesTheFiles) {
     auto o = options();
     o.large_message_bytes = 50000;
     o.segment_bytes = 20000;
+    o.zero_ahead = 0;  // stats().bytes counts records, not the space made ahead of them
     auto on_disk = [&] {
         std::uint64_t n = 0;
         for (const auto& p : segment_files(dir_)) {
@@ -833,6 +920,7 @@ TEST_F(SpoolTest, SpaceAccountingMatchesTheFiles) {
 TEST_F(SpoolTest, BigMessagesLiveInTheirOwnFiles) {
     auto o = options();
     o.large_message_bytes = 64 * 1024;
+    o.zero_ahead = 0;  // the segment's size is its records
     std::string data;
     {
         auto s = open(o);
