@@ -283,6 +283,11 @@ std::string render_prometheus(const Totals& t) {
     w.sample("sluice_spool_batches_total", "", t.server.spool_batches);
     w.family("sluice_spool_fsyncs_total", "counter", "fdatasync/fsync calls of the spool.");
     w.sample("sluice_spool_fsyncs_total", "", t.server.spool_fsyncs);
+    w.family("sluice_spool_commit_seconds_total", "counter",
+             "Time committed messages spent from submission to durable, summed (divide by "
+             "sluice_spool_committed_total for the mean).");
+    w.sample("sluice_spool_commit_seconds_total", "",
+             number(static_cast<double>(t.server.spool_commit_ns) / 1e9));
 
     w.family("sluice_deliveries_total", "counter", "Delivery attempts per recipient, by result.");
     by_result<DeliveryResult>(w, "sluice_deliveries_total", t.deliveries);
@@ -327,7 +332,8 @@ nlohmann::json to_json(const Totals& t) {
     j["queue_messages"] = t.server.queue_messages;
     j["spool"] = {{"committed", t.server.spool_committed},
                   {"batches", t.server.spool_batches},
-                  {"fsyncs", t.server.spool_fsyncs}};
+                  {"fsyncs", t.server.spool_fsyncs},
+                  {"commit_seconds", static_cast<double>(t.server.spool_commit_ns) / 1e9}};
     j["deliveries"] = by_result_json<DeliveryResult>(t.deliveries);
     j["tls_handshakes"] = by_result_json<TlsResult>(t.tls_handshakes);
     j["auth"] = by_result_json<AuthResult>(t.auth);

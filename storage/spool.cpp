@@ -295,6 +295,7 @@ struct Spool::Impl {
     std::atomic<std::uint64_t> used_bytes{0};
     std::atomic<std::uint64_t> free_bytes{UINT64_MAX};
     std::atomic<std::uint64_t> live_count{0};
+    std::atomic<std::uint64_t> n_commit_ns{0};
     std::atomic<std::uint64_t> n_committed{0}, n_failed{0}, n_batches{0}, n_fsyncs{0}, n_records{0},
         n_recovered{0}, n_torn{0};
 
@@ -1209,9 +1210,12 @@ struct Spool::Impl {
                 }
             }
         }
+        auto now = SteadyClock::now();
         for (Item& it : job.batch) {
             if (!it.skip && it.kind == Item::Kind::message) {
                 ++n_committed;
+                n_commit_ns += static_cast<std::uint64_t>(
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(now - it.queued).count());
                 auto done = std::move(it.done);
                 done(CommitStatus::ok, std::move(it.msg));
             }
@@ -1763,6 +1767,7 @@ SpoolStats Spool::stats() const {
     s.fsyncs = impl_->n_fsyncs.load();
     s.records = impl_->n_records.load();
     s.recovered = impl_->n_recovered.load();
+    s.commit_ns = impl_->n_commit_ns.load();
     s.torn_bytes = impl_->n_torn.load();
     return s;
 }

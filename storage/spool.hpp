@@ -8,11 +8,15 @@
 //   records: one record per message (envelope, per-recipient facts, data), small records
 //   for per-recipient outcomes and operator actions.
 // - Group commit: one writer thread takes everything submitted meanwhile (up to
-//   `max_batch` messages), writes it with one pwritev and hands it to a sync thread for ONE
-//   fdatasync; up to `syncs_in_flight` batches wait in fdatasync at once (a lone fdatasync
-//   mostly waits on the device; several in flight overlap: bench/spool_bench.cpp). Batches
-//   complete strictly in order, then each message's callback runs. Submitting never
-//   touches the disk.
+//   `max_batch` messages), writes it with one pwritev and makes it durable with ONE
+//   fdatasync: itself (syncs_in_flight 1, the default: no thread hand-off), or on sync
+//   threads, up to `syncs_in_flight` batches at once. Batches complete strictly in order,
+//   then each message's callback runs. Submitting never touches the disk, and wakes the
+//   writer only when it sleeps. While sessions announced with expect() are still on their
+//   way, the writer waits up to `commit_delay` for them (`group_target` at most), so that
+//   20 sessions share one fdatasync instead of three or four.
+// - The active segment is zero-filled `zero_ahead` bytes beyond its records: fdatasync
+//   then flushes data into allocated blocks without a metadata commit.
 // - Messages of `large_message_bytes` or more go to their own file (`DIR/big/*.msg`),
 //   written and fsync'd by a second thread; only a small record enters a batch, so a
 //   25 MB message never holds the batch of small ones behind it.
@@ -87,7 +91,7 @@ struct SpoolOptions {
     std::uint64_t max_bytes = 0;                  // spool size limit (0: unlimited)
     std::uint64_t min_free_bytes = 256ull << 20;  // below this free space, admission says no_space
     std::size_t max_batch = 256;                  // messages per fdatasync at most
-    std::size_t syncs_in_flight = 4;              // batches waiting in fdatasync at once
+    std::size_t syncs_in_flight = 1;              // batches in fdatasync at once (1: by the writer)
     std::uint64_t max_batch_bytes = 32ull << 20;  // and bytes per batch at most
     std::uint64_t segment_bytes = 64ull << 20;    // rotate the segment file beyond this size
     std::uint64_t large_message_bytes = 1ull << 20;  // data this big goes to its own file
@@ -162,6 +166,7 @@ struct SpoolStats {
     std::uint64_t bytes = 0;     // on disk: segments + big files
     std::uint64_t segments = 0;
     std::uint64_t committed = 0;   // messages made durable since open
+    std::uint64_t commit_ns = 0;   // their time from submit to durable, summed
     std::uint64_t failed = 0;      // messages whose commit failed since open
     std::uint64_t batches = 0;     // batches written since open
     std::uint64_t fsyncs = 0;      // fdatasync/fsync calls since open (all files)
