@@ -94,20 +94,25 @@ class Outbound::Link {
     }
 
     // Gives the next queued message to the client when it can take one.
+    // Gives the client the next job when it is idle, or (PIPELINING) while the current
+    // one waits for the reply to its "." (smtp::Client::can_pipeline()).
     void feed() {
-        while (!job_ && !closing_ && !ob_.draining_ && !hop_.queue.empty() &&
-               (client_.state() == smtp::Client::State::connecting || client_.reusable())) {
-            job_ = std::move(hop_.queue.front());
+        while (!closing_ && !ob_.draining_ && !hop_.queue.empty() &&
+               ((jobs_.empty() && (client_.state() == smtp::Client::State::connecting ||
+                                   client_.reusable())) ||
+                client_.can_pipeline())) {
+            jobs_.push_back(std::move(hop_.queue.front()));
             hop_.queue.pop_front();
+            const Job& job = jobs_.back();
             smtp::OutboundMessage m;
-            m.sender = job_->msg->sender;
-            for (auto i : job_->rcpts) {
-                m.recipients.push_back(job_->msg->recipients[i].address);
+            m.sender = job.msg->sender;
+            for (auto i : job.rcpts) {
+                m.recipients.push_back(job.msg->recipients[i].address);
             }
-            m.data = job_->msg->data;
+            m.data = job.msg->data;
             if (!client_.send_message(m)) {
-                hop_.queue.push_front(std::move(*job_));
-                job_.reset();
+                hop_.queue.push_front(std::move(jobs_.back()));
+                jobs_.pop_back();
                 return;
             }
             collect();
@@ -119,15 +124,14 @@ class Outbound::Link {
             return;
         }
         closing_ = true;
-        if (job_) {
-            if (job_->inline_state) {
+        while (!jobs_.empty()) {
+            Job job = std::move(jobs_.front());
+            jobs_.pop_front();
+            if (job.inline_state) {
                 // In-line: the waiting client's message is spooled by the caller instead.
-                Job job = std::move(*job_);
-                job_.reset();
                 ob_.finish_inline(job, {});
             }
             // Spooled: still queued on disk, retried after the restart or by the next load.
-            job_.reset();
         }
         if (resolving_) {
             uv_cancel(reinterpret_cast<uv_req_t*>(&gai_));
@@ -138,7 +142,9 @@ class Outbound::Link {
         }
     }
 
-    bool idle() const { return !job_ && client_.reusable(); }
+    bool idle() const { return jobs_.empty() && client_.reusable(); }
+    // Busy, but the next job can follow the current one's "." (PIPELINING).
+    bool can_pipeline() const { return !closing_ && client_.can_pipeline(); }
 
     // After every event: results out, next message in, output written, timer re-armed.
     void step() {
@@ -286,9 +292,9 @@ class Outbound::Link {
     void collect() {
         while (client_.transaction_done()) {
             auto results = client_.take_results();
-            if (job_) {
-                Job job = std::move(*job_);
-                job_.reset();
+            if (!jobs_.empty()) {
+                Job job = std::move(jobs_.front());
+                jobs_.pop_front();
                 ob_.finished(job, results, hop_.key);
             }
         }
@@ -445,7 +451,7 @@ class Outbound::Link {
     Outbound& ob_;
     Hop& hop_;
     smtp::Client client_;
-    std::optional<Job> job_;
+    std::deque<Job> jobs_;  // given to the client, in order (two while pipelining)
     uv_tcp_t tcp_{};
     uv_connect_t creq_{};
     uv_getaddrinfo_t gai_{};
@@ -532,7 +538,7 @@ void Outbound::pump(Hop& hop) {
         if (hop.queue.empty()) {
             return;
         }
-        if (link->idle()) {
+        if (link->idle() || link->can_pipeline()) {
             link->step();
         }
     }

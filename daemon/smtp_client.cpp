@@ -408,7 +408,15 @@ void Client::receive(std::string_view bytes) {
 }
 
 bool Client::send_message(const OutboundMessage& m) {
-    if (m.recipients.empty() || tx_ || queued_ || quit_requested_) {
+    if (m.recipients.empty() || queued_ || quit_requested_) {
+        return false;
+    }
+    if (can_pipeline()) {
+        start_transaction(m);
+        sync_state();
+        return true;
+    }
+    if (!txs_.empty()) {
         return false;
     }
     switch (state_) {
@@ -516,8 +524,13 @@ std::vector<RecipientResult> Client::take_results() {
 }
 
 bool Client::reusable() const {
-    return (state_ == State::ready || state_ == State::resetting) && !tx_ && !queued_ &&
+    return (state_ == State::ready || state_ == State::resetting) && txs_.empty() && !queued_ &&
            !quit_requested_;
+}
+
+bool Client::can_pipeline() const {
+    return pipelining_ && state_ == State::data_end && !quit_requested_ && !queued_ &&
+           txs_.size() == 1 && txs_.front().sent_all && !txs_.front().finished;
 }
 
 Millis Client::current_timeout() const {
@@ -606,16 +619,21 @@ void Client::on_reply(const ServerReply& r) {
             on_rset(r);
             break;
         case Cmd::mail:
-            on_mail(r);
-            break;
         case Cmd::rcpt:
-            on_rcpt(r, e.index);
-            break;
         case Cmd::data:
-            on_data(r);
-            break;
         case Cmd::dot:
-            on_dot(r);
+            // A transaction already finished (a refused MAIL) ignores the rest of its group.
+            if (Transaction* t = find(e.tx)) {
+                if (e.cmd == Cmd::mail) {
+                    on_mail(r, *t);
+                } else if (e.cmd == Cmd::rcpt) {
+                    on_rcpt(r, *t, e.index);
+                } else if (e.cmd == Cmd::data) {
+                    on_data(r, *t);
+                } else {
+                    on_dot(r, *t);
+                }
+            }
             break;
         case Cmd::quit:
             drop(State::closed, "QUIT");
@@ -723,63 +741,53 @@ void Client::on_rset(const ServerReply& r) {
     idle();
 }
 
-void Client::on_mail(const ServerReply& r) {
-    if (!tx_) {
-        return;
-    }
+void Client::on_mail(const ServerReply& r, Transaction& t) {
     if (r.code / 100 == 2) {
         if (!pipelining_) {
-            send_rcpt(0);
+            send_rcpt(t, 0);
         }
         return;
     }
     // The MAIL reply decides for every recipient.
-    tx_->mail_refused = true;
-    settle_open(reply_result(r, "MAIL", false));
+    t.mail_refused = true;
+    settle_open(t, reply_result(r, "MAIL", false));
     if (!pipelining_) {
-        finish_transaction(true);
+        finish_transaction(t, true);
     }
     // With PIPELINING the RCPT and DATA replies are still to come; they are ignored.
 }
 
-void Client::on_rcpt(const ServerReply& r, std::size_t index) {
-    if (!tx_) {
-        return;
-    }
-    auto& t = *tx_;
+void Client::on_rcpt(const ServerReply& r, Transaction& t, std::size_t index) {
     if (!t.mail_refused && index < t.status.size() && t.status[index] == 0) {
         if (r.code / 100 == 2) {
             t.status[index] = 1;
             ++t.accepted;
         } else {
-            settle(index, reply_result(r, "RCPT", false));
+            settle(t, index, reply_result(r, "RCPT", false));
         }
     }
     if (pipelining_) {
         return;  // DATA was sent with the group
     }
-    if (send_rcpt(index + 1)) {
+    if (send_rcpt(t, index + 1)) {
         return;
     }
     if (t.accepted > 0) {
-        send_command("DATA", Cmd::data);
+        send_command("DATA", Cmd::data, 0, t.serial);
     } else {
-        finish_transaction(true);  // no recipient: no DATA, RSET (RFC 5321 §3.3)
+        finish_transaction(t, true);  // no recipient: no DATA, RSET (RFC 5321 §3.3)
     }
 }
 
-void Client::on_data(const ServerReply& r) {
-    if (!tx_) {
-        return;
-    }
-    auto& t = *tx_;
+void Client::on_data(const ServerReply& r, Transaction& t) {
     bool have_recipients = t.accepted > 0 && !t.mail_refused;
     if (r.code / 100 == 3) {
         if (!have_recipients) {
             // A pipelined DATA accepted although no RCPT was (RFC 2920 §3.1): end the data
             // at once without sending the message.
             out_.append(".\r\n");
-            expects_.push_back({Cmd::dot});
+            expects_.push_back({Cmd::dot, 0, t.serial});
+            t.sent_all = true;
             return;
         }
         t.sending = true;
@@ -790,24 +798,21 @@ void Client::on_data(const ServerReply& r) {
     // this is the expected 503/554 to a pipelined DATA (RFC 5321 §3.3) and changes
     // nothing. Either way the server may still hold MAIL: RSET.
     if (have_recipients) {
-        settle_open(r.code / 100 == 2
-                        ? local_result(Reply::next_hop_protocol,
-                                       "Unexpected reply to DATA: " + reply_summary(r))
-                        : reply_result(r, "DATA", false));
+        settle_open(t, r.code / 100 == 2
+                           ? local_result(Reply::next_hop_protocol,
+                                          "Unexpected reply to DATA: " + reply_summary(r))
+                           : reply_result(r, "DATA", false));
     }
-    finish_transaction(true);
+    finish_transaction(t, true);
 }
 
-void Client::on_dot(const ServerReply& r) {
-    if (!tx_) {
-        return;
-    }
+void Client::on_dot(const ServerReply& r, Transaction& t) {
     // The only place where a recipient becomes delivered: 2xx to the final ".". Only
     // recipients whose RCPT got 2xx are still open here; after a DATA accepted with no
     // recipient none is, and the reply changes nothing. Either way the server has ended
     // its transaction (RFC 5321 §4.1.1.4): no RSET.
-    settle_open(reply_result(r, "end of data", false));
-    finish_transaction(false);
+    settle_open(t, reply_result(r, "end of data", false));
+    finish_transaction(t, false);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -826,8 +831,8 @@ void Client::idle() {
 }
 
 void Client::start_transaction(OutboundMessage m) {
-    tx_.emplace();
-    auto& t = *tx_;
+    auto& t = txs_.emplace_back();
+    t.serial = next_serial_++;
     t.msg = std::move(m);
     const std::size_t n = t.msg.recipients.size();
     t.results.resize(n);
@@ -836,42 +841,43 @@ void Client::start_transaction(OutboundMessage m) {
     // Refusals we can decide before sending anything. Control characters would let an
     // address inject a command; the spool never holds one, but the check is cheap.
     if (has_control(t.msg.sender)) {
-        settle_open(local_result(Reply::bad_sender));
-        finish_transaction(false);
+        settle_open(t, local_result(Reply::bad_sender));
+        finish_transaction(t, false);
         return;
     }
     bool non_ascii = has_8bit(t.msg.sender);
     std::size_t open = 0;
     for (std::size_t i = 0; i < n; ++i) {
         if (has_control(t.msg.recipients[i]) || t.msg.recipients[i].empty()) {
-            settle(i, local_result(Reply::bad_recipient));
+            settle(t, i, local_result(Reply::bad_recipient));
         } else {
             ++open;
             non_ascii = non_ascii || has_8bit(t.msg.recipients[i]);
         }
     }
     if (open == 0) {
-        finish_transaction(false);
+        finish_transaction(t, false);
         return;
     }
     if (non_ascii && !server_supports("SMTPUTF8")) {
-        settle_open(local_result(Reply::needs_smtputf8));  // RFC 6531 §3.7.4.1
-        finish_transaction(false);
+        settle_open(t, local_result(Reply::needs_smtputf8));  // RFC 6531 §3.7.4.1
+        finish_transaction(t, false);
         return;
     }
     const std::uint64_t size = t.msg.size != 0 ? t.msg.size : t.msg.data.size();
     if (size_limit_ != 0 && size > size_limit_) {
         // RFC 1870 §6: do not send what the server said it cannot take.
-        settle_open(local_result(Reply::size_exceeded, "Message size " + std::to_string(size) +
-                                                           " exceeds the next hop's limit of " +
-                                                           std::to_string(size_limit_)));
-        finish_transaction(false);
+        settle_open(t, local_result(Reply::size_exceeded,
+                                    "Message size " + std::to_string(size) +
+                                        " exceeds the next hop's limit of " +
+                                        std::to_string(size_limit_)));
+        finish_transaction(t, false);
         return;
     }
     const bool eight_bit = has_8bit(t.msg.data);
     if (eight_bit && !server_supports("8BITMIME") && opt_.strict_8bitmime) {
-        settle_open(local_result(Reply::conversion_required));
-        finish_transaction(false);
+        settle_open(t, local_result(Reply::conversion_required));
+        finish_transaction(t, false);
         return;
     }
 
@@ -885,35 +891,53 @@ void Client::start_transaction(OutboundMessage m) {
     if ((non_ascii || t.msg.smtputf8) && server_supports("SMTPUTF8")) {
         cmd += " SMTPUTF8";  // RFC 6531 §3.4
     }
-    send_command(cmd, Cmd::mail);
+    send_command(cmd, Cmd::mail, 0, t.serial);
     if (pipelining_) {
         // RFC 2920 §3.1: MAIL, every RCPT and DATA in one group; DATA ends it.
         for (std::size_t i = 0; i < n; ++i) {
             if (t.status[i] == 0) {
                 send_command("RCPT TO:<" + t.msg.recipients[i] + ">", Cmd::rcpt,
-                             static_cast<std::uint32_t>(i));
+                             static_cast<std::uint32_t>(i), t.serial);
             }
         }
-        send_command("DATA", Cmd::data);
+        send_command("DATA", Cmd::data, 0, t.serial);
     }
 }
 
-bool Client::send_rcpt(std::size_t from) {
-    auto& t = *tx_;
+Client::Transaction* Client::find(std::uint32_t serial) {
+    for (auto& t : txs_) {
+        if (t.serial == serial) {
+            return t.finished ? nullptr : &t;
+        }
+    }
+    return nullptr;
+}
+
+Client::Transaction* Client::sending() {
+    for (auto& t : txs_) {
+        if (t.sending) {
+            return &t;
+        }
+    }
+    return nullptr;
+}
+
+bool Client::send_rcpt(Transaction& t, std::size_t from) {
     for (std::size_t i = from; i < t.status.size(); ++i) {
         if (t.status[i] == 0) {
             send_command("RCPT TO:<" + t.msg.recipients[i] + ">", Cmd::rcpt,
-                         static_cast<std::uint32_t>(i));
+                         static_cast<std::uint32_t>(i), t.serial);
             return true;
         }
     }
     return false;
 }
 
-void Client::send_command(std::string_view line, Cmd cmd, std::uint32_t index) {
+void Client::send_command(std::string_view line, Cmd cmd, std::uint32_t index,
+                          std::uint32_t tx) {
     out_.append(line);
     out_.append("\r\n");
-    expects_.push_back({cmd, index});
+    expects_.push_back({cmd, index, tx});
 }
 
 void Client::send_quit() {
@@ -926,56 +950,56 @@ void Client::send_quit() {
 }
 
 void Client::fill_output() {
-    while (tx_ && tx_->sending && out_.size() < opt_.chunk) {
-        auto& t = *tx_;
-        std::size_t n = std::min(opt_.chunk, t.msg.data.size() - t.pos);
-        t.stuffer.feed(t.msg.data.substr(t.pos, n), out_);
-        t.pos += n;
-        if (t.pos == t.msg.data.size()) {
-            t.stuffer.finish(out_);
-            t.sending = false;
-            expects_.push_back({Cmd::dot});
+    for (Transaction* t = sending(); t != nullptr && out_.size() < opt_.chunk; t = sending()) {
+        std::size_t n = std::min(opt_.chunk, t->msg.data.size() - t->pos);
+        t->stuffer.feed(t->msg.data.substr(t->pos, n), out_);
+        t->pos += n;
+        if (t->pos == t->msg.data.size()) {
+            t->stuffer.finish(out_);
+            t->sending = false;
+            t->sent_all = true;
+            expects_.push_back({Cmd::dot, 0, t->serial});
         }
     }
     sync_state();
 }
 
-void Client::finish_transaction(bool need_rset) {
-    if (!tx_) {
-        return;
+void Client::finish_transaction(Transaction& t, bool need_rset) {
+    t.finished = true;
+    // Results leave in the order the messages were given (a pipelined one refused locally
+    // waits for the one ahead of it).
+    while (!txs_.empty() && txs_.front().finished) {
+        done_.push_back(std::move(txs_.front().results));
+        txs_.pop_front();
     }
-    done_.push_back(std::move(tx_->results));
-    tx_.reset();
     if (need_rset) {
         send_command("RSET", Cmd::rset);
         return;
     }
-    idle();
+    if (txs_.empty()) {
+        idle();
+    }
 }
 
-void Client::settle(std::size_t index, RecipientResult r) {
-    auto& t = *tx_;
+void Client::settle(Transaction& t, std::size_t index, RecipientResult r) {
     if (t.status[index] != 2) {
         t.results[index] = std::move(r);
         t.status[index] = 2;
     }
 }
 
-void Client::settle_open(const RecipientResult& r) {
-    if (!tx_) {
-        return;
-    }
-    for (std::size_t i = 0; i < tx_->status.size(); ++i) {
-        settle(i, r);
+void Client::settle_open(Transaction& t, const RecipientResult& r) {
+    for (std::size_t i = 0; i < t.status.size(); ++i) {
+        settle(t, i, r);
     }
 }
 
 void Client::abort_all(const RecipientResult& r) {
-    if (tx_) {
-        settle_open(r);
-        done_.push_back(std::move(tx_->results));
-        tx_.reset();
+    for (auto& t : txs_) {
+        settle_open(t, r);  // a finished one has no open recipient left
+        done_.push_back(std::move(t.results));
     }
+    txs_.clear();
     if (queued_) {
         done_.emplace_back(queued_->recipients.size(), r);
         queued_.reset();
@@ -989,7 +1013,7 @@ void Client::session_refused(const ServerReply& r, std::string_view cmd) {
 }
 
 void Client::drop(State s, std::string why) {
-    if (tx_ || queued_) {
+    if (!txs_.empty() || queued_) {
         // Every path that ends the connection settles first; this keeps the promise of
         // one result per recipient even if one did not.
         abort_all(local_result(Reply::next_hop_lost));
@@ -1009,7 +1033,7 @@ void Client::sync_state() {
         State::mail,     State::rcpt, State::data, State::data_end, State::quitting};
     if (!expects_.empty()) {
         state_ = by_cmd[static_cast<std::size_t>(expects_.front().cmd)];
-    } else if (tx_ && tx_->sending) {
+    } else if (sending() != nullptr) {
         state_ = State::sending;
     } else if (state_ != State::connecting) {
         state_ = State::ready;

@@ -45,6 +45,8 @@
 //   ehlo --5xx--> helo --250--> ready
 //   ready --send_message()--> mail --> rcpt --> data --354--> sending --all written-->
 //   data_end --reply--> ready          (with PIPELINING, MAIL+RCPTs+DATA go as one group)
+//   data_end --send_message()--> data_end  (with PIPELINING: the next transaction's group
+//                                           follows the "."; see can_pipeline())
 //   mail/rcpt/data --no recipient accepted or DATA refused--> resetting --RSET 250--> ready
 //   ready --quit()/idle timeout--> quitting --221--> closed
 //   any --421--> closed;  any --connection_lost()/timed_out()/malformed reply--> failed
@@ -158,15 +160,19 @@ enum class Cmd : std::uint8_t { greeting, ehlo, helo, starttls, rset, mail, rcpt
 struct Expect {
     Cmd cmd;
     std::uint32_t index = 0;  // recipient index for rcpt
+    std::uint32_t tx = 0;     // serial of the transaction (mail, rcpt, data, dot)
 };
 struct Transaction {
+    std::uint32_t serial = 0;
     OutboundMessage msg;
     std::vector<RecipientResult> results;
     std::vector<std::uint8_t> status;  // 0 open, 1 RCPT accepted, 2 final
     std::size_t accepted = 0;
     bool mail_refused = false;
-    bool sending = false;  // 354 received, data not all stuffed yet
-    std::size_t pos = 0;   // data bytes stuffed so far
+    bool sending = false;   // 354 received, data not all stuffed yet
+    bool sent_all = false;  // the final "." is in the output
+    bool finished = false;  // results complete (handed over once older ones are)
+    std::size_t pos = 0;    // data bytes stuffed so far
     DotStuffer stuffer;
 };
 }  // namespace client_detail
@@ -259,6 +265,12 @@ class Client {
     // The connection is alive and idle (or about to be, after RSET): another message can
     // be given to send_message().
     bool reusable() const;
+    // With PIPELINING, the next message can be given to send_message() while the current
+    // one only waits for the reply to its final ".": its MAIL, RCPTs and DATA follow the
+    // "." in the same write (RFC 2920 §3.1: MAIL and RCPT may appear anywhere in a group,
+    // DATA ends it; the server's transaction ends with the "." whatever its reply says).
+    // One round trip per message instead of two; results still come in order.
+    bool can_pipeline() const;
     // The RFC 5321 §4.5.3.2 timeout for what the client waits for now; the owner re-arms
     // its timer with it after every call into the client. Zero when finished.
     Millis current_timeout() const;
@@ -281,20 +293,23 @@ class Client {
     void on_helo(const ServerReply& r);
     void on_starttls(const ServerReply& r);
     void on_rset(const ServerReply& r);
-    void on_mail(const ServerReply& r);
-    void on_rcpt(const ServerReply& r, std::size_t index);
-    void on_data(const ServerReply& r);
-    void on_dot(const ServerReply& r);
+    void on_mail(const ServerReply& r, Transaction& t);
+    void on_rcpt(const ServerReply& r, Transaction& t, std::size_t index);
+    void on_data(const ServerReply& r, Transaction& t);
+    void on_dot(const ServerReply& r, Transaction& t);
 
     void idle();
     void start_transaction(OutboundMessage m);
-    void send_command(std::string_view line, Cmd cmd, std::uint32_t index = 0);
-    bool send_rcpt(std::size_t from);  // the next open recipient at or after `from`
+    Transaction* find(std::uint32_t serial);  // an unfinished transaction, or null
+    Transaction* sending();                   // the one whose data is being written
+    void send_command(std::string_view line, Cmd cmd, std::uint32_t index = 0,
+                      std::uint32_t tx = 0);
+    bool send_rcpt(Transaction& t, std::size_t from);  // next open recipient from `from`
     void fill_output();
-    void finish_transaction(bool need_rset);
-    void settle(std::size_t index, RecipientResult r);
-    void settle_open(const RecipientResult& r);  // every recipient not yet final
-    void abort_all(const RecipientResult& r);    // active and queued transactions
+    void finish_transaction(Transaction& t, bool need_rset);
+    static void settle(Transaction& t, std::size_t index, RecipientResult r);
+    static void settle_open(Transaction& t, const RecipientResult& r);  // all not final
+    void abort_all(const RecipientResult& r);  // active and queued transactions
     void session_refused(const ServerReply& r, std::string_view cmd);
     void send_quit();
     void drop(State s, std::string why);
@@ -305,7 +320,8 @@ class Client {
     std::string out_;
     ReplyReader reader_;
     std::deque<Expect> expects_;
-    std::optional<Transaction> tx_;
+    std::deque<Transaction> txs_;  // sent, oldest first (two with can_pipeline())
+    std::uint32_t next_serial_ = 1;
     std::optional<OutboundMessage> queued_;
     std::deque<std::vector<RecipientResult>> done_;
     std::vector<std::string> extensions_;  // upper-cased EHLO keywords

@@ -607,6 +607,99 @@ TEST(Client, ConnectionReusedForTwoTransactionsThenQuit) {
     });
 }
 
+// With PIPELINING the next transaction's group follows the "." of the current one: one
+// round trip per message. Results still come in order, each from its own replies.
+TEST(Client, NextTransactionPipelinedAfterTheDot) {
+    const std::string body2 = "Subject: second\r\n\r\nbye\r\n";
+    auto m1 = message(kBody, {"b@y.test"});
+    auto m2 = message(body2, {"c@y.test", "d@y.test"});
+    auto m3 = message(kBody, {"e@y.test"});
+    std::vector<Step> steps = {
+        {kGreeting, kEhlo},
+        {kEhloPipelining, mail_group("a@x.test", kBody.size(), {"b@y.test"})},
+        // 354: the data, its ".", and at once the second transaction's group.
+        {"250 ok\r\n250 ok\r\n354 go\r\n",
+         kBody + ".\r\n" + mail_group("a@x.test", body2.size(), {"c@y.test", "d@y.test"})},
+        // The first "." answered together with the second group's replies.
+        {"250 2.0.0 first\r\n250 ok\r\n250 ok\r\n550 5.1.1 no d\r\n354 go\r\n",
+         body2 + ".\r\n" + mail_group("a@x.test", kBody.size(), {"e@y.test"})},
+        // The second "." refused: the third transaction is not affected.
+        {"451 4.3.0 try later\r\n250 ok\r\n250 ok\r\n354 go\r\n", kBody + ".\r\n"},
+        {"250 2.0.0 third\r\n", ""},
+    };
+    for_each_fragment(steps, [&](std::size_t frag) {
+        Client c(options());
+        c.connected();
+        ASSERT_TRUE(c.send_message(m1));
+        std::vector<OutboundMessage> more = {m2, m3};
+        std::size_t next = 0;
+        std::vector<std::vector<RecipientResult>> results;
+        for (std::size_t i = 0; i < steps.size(); ++i) {
+            feed(c, steps[i].server, frag);
+            while (c.transaction_done()) {
+                results.push_back(c.take_results());
+            }
+            if (next < more.size() && c.can_pipeline()) {
+                EXPECT_FALSE(c.reusable());
+                ASSERT_TRUE(c.send_message(more[next++]));
+                EXPECT_FALSE(c.can_pipeline()) << "one transaction behind the dot at most";
+            }
+            EXPECT_EQ(drain(c), steps[i].client) << i;
+        }
+        ASSERT_EQ(results.size(), 3u);
+        EXPECT_EQ(results[0][0].kind, Kind::delivered);
+        EXPECT_EQ(results[0][0].text, "first");
+        ASSERT_EQ(results[1].size(), 2u);
+        EXPECT_EQ(results[1][0].kind, Kind::deferred);  // the "." got 451
+        EXPECT_EQ(results[1][0].code, 451);
+        EXPECT_EQ(results[1][1].kind, Kind::failed);  // its RCPT got 550
+        EXPECT_EQ(results[2][0].kind, Kind::delivered);
+        EXPECT_EQ(results[2][0].text, "third");
+        EXPECT_TRUE(c.reusable());
+    });
+}
+
+// A 421 to the first "." ends the connection: the transaction pipelined behind it is
+// deferred too, and its results still come second.
+TEST(Client, Reply421ToTheDotDefersThePipelinedTransaction) {
+    Client c(options());
+    c.connected();
+    feed(c, kGreeting, 100);
+    drain(c);
+    feed(c, kEhloPipelining, 100);
+    ASSERT_TRUE(c.send_message(message(kBody, {"b@y.test"})));
+    drain(c);
+    feed(c, "250 ok\r\n250 ok\r\n354 go\r\n", 100);
+    ASSERT_TRUE(c.can_pipeline());
+    ASSERT_TRUE(c.send_message(message(kBody, {"c@y.test"})));
+    EXPECT_EQ(c.state(), State::data_end);
+    feed(c, "421 4.3.2 shutting down\r\n", 100);
+    EXPECT_EQ(c.state(), State::closed);
+    auto r1 = c.take_results();
+    auto r2 = c.take_results();
+    ASSERT_EQ(r1.size(), 1u);
+    ASSERT_EQ(r2.size(), 1u);
+    EXPECT_EQ(r1[0].kind, Kind::deferred);
+    EXPECT_EQ(r2[0].kind, Kind::deferred);
+    EXPECT_FALSE(c.transaction_done());
+}
+
+// Not without PIPELINING, and not while the data is still being written.
+TEST(Client, NoPipelineWithoutTheExtensionOrBeforeTheDot) {
+    Client c(options());
+    c.connected();
+    feed(c, kGreeting, 100);
+    drain(c);
+    feed(c, "250 model\r\n", 100);  // no PIPELINING
+    ASSERT_TRUE(c.send_message(message(kBody, {"b@y.test"})));
+    feed(c, "250 ok\r\n", 100);
+    feed(c, "250 ok\r\n", 100);
+    feed(c, "354 go\r\n", 100);
+    EXPECT_EQ(c.state(), State::data_end);
+    EXPECT_FALSE(c.can_pipeline());
+    EXPECT_FALSE(c.send_message(message(kBody, {"c@y.test"})));
+}
+
 TEST(Client, QuitWaitsForTheCurrentTransaction) {
     Client c(options());
     c.connected();
@@ -1153,7 +1246,11 @@ TEST(ClientProperty, DeliveredExactlyWhenTheServerAcceptedTheDot) {
             while (c.transaction_done()) {
                 results.push_back(c.take_results());
             }
-            if (c.reusable()) {
+            if (given < msgs.size() && c.can_pipeline() && rng() % 2 == 0) {
+                // Behind the final "." of the current one, in the same bytes.
+                ASSERT_TRUE(c.send_message(msgs[given]));
+                ++given;
+            } else if (c.reusable()) {
                 if (given < msgs.size()) {
                     ASSERT_TRUE(c.send_message(msgs[given]));
                     ++given;
