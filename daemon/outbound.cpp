@@ -534,12 +534,20 @@ void Outbound::route(const std::shared_ptr<const storage::Message>& msg,
 }
 
 void Outbound::pump(Hop& hop) {
-    for (auto* link : hop.links) {
-        if (hop.queue.empty()) {
-            return;
-        }
-        if (link->idle() || link->can_pipeline()) {
-            link->step();
+    // A busy link that can take the next job behind its "." first: one write then carries
+    // that message's data and the next one's envelope, and fewer connections carry the
+    // same mail (fewer system calls per message). Idle links and new ones take what is
+    // left, so a growing queue still spreads over up to outbound_connections links. An
+    // in-line job (its client waits for the next hop's reply) goes to an idle link first.
+    bool waiting_client = !hop.queue.empty() && hop.queue.front().inline_state != nullptr;
+    for (bool busy : {!waiting_client, waiting_client}) {
+        for (auto* link : hop.links) {
+            if (hop.queue.empty()) {
+                return;
+            }
+            if (busy ? link->can_pipeline() : link->idle()) {
+                link->step();
+            }
         }
     }
     const auto& cfg = *shard_.snapshot()->config;
