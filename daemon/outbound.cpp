@@ -145,6 +145,24 @@ class Outbound::Link {
     bool idle() const { return jobs_.empty() && client_.reusable(); }
     // Busy, but the next job can follow the current one's "." (PIPELINING).
     bool can_pipeline() const { return !closing_ && client_.can_pipeline(); }
+    // Busy with one job whose "." is at most a round trip or two away: it will take the
+    // next job behind it then (feed() runs at each of its steps).
+    bool will_pipeline() const {
+        if (closing_ || jobs_.size() != 1 || !client_.pipelining()) {
+            return false;
+        }
+        using S = smtp::Client::State;
+        switch (client_.state()) {
+            case S::mail:
+            case S::rcpt:
+            case S::data:
+            case S::sending:
+            case S::data_end:
+                return true;
+            default:
+                return false;
+        }
+    }
 
     // After every event: results out, next message in, output written, timer re-armed.
     void step() {
@@ -539,21 +557,36 @@ void Outbound::pump(Hop& hop) {
     // same mail (fewer system calls per message). Idle links and new ones take what is
     // left, so a growing queue still spreads over up to outbound_connections links. An
     // in-line job (its client waits for the next hop's reply) goes to an idle link first.
+    // Spooled mail also waits for busy links that will reach their "." within a round trip
+    // or two, as long as there are enough of them: a burst of commits then rides on the
+    // connections already busy instead of spreading over idle ones, one message each.
     bool waiting_client = !hop.queue.empty() && hop.queue.front().inline_state != nullptr;
-    for (bool busy : {!waiting_client, waiting_client}) {
+    std::size_t soon = 0;
+    auto offer = [&](auto&& take) {
         for (auto* link : hop.links) {
-            if (hop.queue.empty()) {
+            if (hop.queue.size() <= soon) {
                 return;
             }
-            if (busy ? link->can_pipeline() : link->idle()) {
+            if (take(*link)) {
                 link->step();
             }
         }
+    };
+    auto can_pipeline = [](const Link& l) { return l.can_pipeline(); };
+    auto idle = [](const Link& l) { return l.idle(); };
+    if (waiting_client) {
+        offer(idle);
+        offer(can_pipeline);
+    } else {
+        offer(can_pipeline);
+        soon = static_cast<std::size_t>(std::count_if(
+            hop.links.begin(), hop.links.end(), [](const Link* l) { return l->will_pipeline(); }));
+        offer(idle);
     }
     const auto& cfg = *shard_.snapshot()->config;
     std::size_t limit =
         std::max<std::size_t>(1, cfg.limits.outbound_connections / cfg.server.shards);
-    while (!hop.queue.empty() && hop.links.size() < limit && !draining_) {
+    while (hop.queue.size() > soon && hop.links.size() < limit && !draining_) {
         auto* link = new Link(*this, hop);
         hop.links.insert(link);
         ++links_;

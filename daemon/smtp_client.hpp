@@ -271,6 +271,8 @@ class Client {
     // DATA ends it; the server's transaction ends with the "." whatever its reply says).
     // One round trip per message instead of two; results still come in order.
     bool can_pipeline() const;
+    // The next hop announced PIPELINING (RFC 2920).
+    bool pipelining() const { return pipelining_; }
     // The RFC 5321 §4.5.3.2 timeout for what the client waits for now; the owner re-arms
     // its timer with it after every call into the client. Zero when finished.
     Millis current_timeout() const;
