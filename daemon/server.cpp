@@ -386,6 +386,7 @@ stats::Totals Server::totals() {
         n.spool_batches = st.batches;
         n.spool_fsyncs = st.fsyncs;
         n.spool_commit_ns = st.commit_ns;
+        n.transactions_open = st.expected;
     }
     n.start_time = start_unix_;
     n.version = SLUICE_VERSION;

@@ -51,6 +51,7 @@ struct ServerNumbers {
     std::uint64_t spool_batches = 0;
     std::uint64_t spool_fsyncs = 0;
     std::uint64_t spool_commit_ns = 0;
+    std::int64_t transactions_open = 0;
     double start_time = 0;  // seconds since the Unix epoch
     std::string version;
 };

@@ -1767,6 +1767,7 @@ SpoolStats Spool::stats() const {
     s.fsyncs = impl_->n_fsyncs.load();
     s.records = impl_->n_records.load();
     s.recovered = impl_->n_recovered.load();
+    s.expected = impl_->expected.load();
     s.commit_ns = impl_->n_commit_ns.load();
     s.torn_bytes = impl_->n_torn.load();
     return s;

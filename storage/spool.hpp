@@ -167,6 +167,7 @@ struct SpoolStats {
     std::uint64_t segments = 0;
     std::uint64_t committed = 0;   // messages made durable since open
     std::uint64_t commit_ns = 0;   // their time from submit to durable, summed
+    std::int64_t expected = 0;     // expect(): transactions announced, not yet submitted
     std::uint64_t failed = 0;      // messages whose commit failed since open
     std::uint64_t batches = 0;     // batches written since open
     std::uint64_t fsyncs = 0;      // fdatasync/fsync calls since open (all files)

@@ -192,3 +192,41 @@ def test_reload_moves_the_stats_endpoint():
             assert False, "the old stats address still answers"
         except ConnectionRefusedError:
             pass
+
+
+def test_open_transactions_gauge_returns_to_zero():
+    """sluice_transactions_open is what a commit may wait for (spool.commit_delay): every way
+    a transaction can end must take it back, or every later commit would wait in vain."""
+    with Daemon().enable_stats() as d:
+        def gauge():
+            return value(d.metrics()[0], "sluice_transactions_open")
+
+        holder = Raw(d.port)
+        holder.cmd("EHLO client.test")
+        assert code(holder.cmd("MAIL FROM:<a@outside.test>")) == "250 2.1.0"
+        assert wait_for(lambda: gauge() == 1)
+        endings = [
+            ["RSET"],
+            ["QUIT"],
+            ["RCPT TO:<user@example.test>"],                 # then the peer vanishes
+            ["RCPT TO:<user@example.test>", "DATA"],         # vanishes inside DATA
+            ["RCPT TO:<b@elsewhere.test>", "DATA", "RSET"],  # refused RCPT, DATA refused
+            ["RCPT TO:<user@example.test>", "DATA", "Subject: x\r\n\r\nbody\r\n."],
+        ]
+        for cmds in endings:
+            c = Raw(d.port)
+            c.cmd("EHLO client.test")
+            c.cmd("MAIL FROM:<a@outside.test>")
+            for line in cmds:
+                c.cmd(line)
+            c.close()
+        # A refused sender never opens one.
+        c = Raw(d.port)
+        c.cmd("EHLO client.test")
+        assert code(c.cmd("MAIL FROM:<a b@outside.test>"))[0] == "5"
+        assert gauge() >= 1
+        c.close()
+        assert wait_for(lambda: value(d.metrics()[0], "sluice_sessions_active") == 1)
+        assert gauge() == 1, "only the holder's transaction is open"
+        holder.close()
+        assert wait_for(lambda: gauge() == 0)
