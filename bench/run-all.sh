@@ -16,5 +16,7 @@ echo "== TLS handshake cost vs raw ECDHE+ECDSA"
 "$root/$build/bench/tls_bench" --benchmark_min_time=0.5
 echo "== spool group commit"
 "$root/$build/bench/spool_bench" --seconds 1.5
+echo "== fdatasync: appending vs writing into zero-filled space (spool.zero_ahead)"
+/usr/bin/python3 "$root/bench/fdatasync_probe.py" "${TMPDIR:-/var/tmp}" 2000
 echo "== memory with 10000 idle sessions"
 /usr/bin/python3 "$root/bench/idle_memory.py" "$build" 10000
