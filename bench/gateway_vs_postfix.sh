@@ -48,6 +48,9 @@ DRAIN_CHECK="postqueue -c $work/postfix/etc -p | grep -q 'Mail queue is empty'" 
 FLUSH_CMD="postqueue -c $work/postfix/etc -f" \
   "$B/bench.sh" "$(label postfix)" "127.0.0.1:$PF" "$reps" "$scen" | tee "$work/postfix.txt"
 "$B/postfix-gateway.sh" stop "$work/postfix" >/dev/null
+# Postfix's queue files may still be on their way to the disk: let them land now rather
+# than in the middle of the next gateway's fdatasyncs.
+sync
 fi
 
 echo "== sluiced (${INLINE:+in-line, no spool}${INLINE:-durable spool})"
