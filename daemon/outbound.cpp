@@ -182,6 +182,12 @@ class Outbound::Link {
             tls_->close_notify();  // after 221: end TLS properly, then TCP
         }
         flush();
+        if (!hop_.queue.empty() && client_.can_pipeline()) {
+            // Writing the data reached its "." just now (a large message goes out in
+            // chunks): the next job's group follows at once rather than after the reply.
+            feed();
+            flush();
+        }
         if (client_.finished()) {
             if (!client_.close_reason().empty() && reason_.empty()) {
                 reason_ = client_.close_reason();
