@@ -338,6 +338,7 @@ nlohmann::json to_json(const Totals& t) {
                   {"batches", t.server.spool_batches},
                   {"fsyncs", t.server.spool_fsyncs},
                   {"commit_seconds", static_cast<double>(t.server.spool_commit_ns) / 1e9}};
+    j["transactions_open"] = t.server.transactions_open;
     j["deliveries"] = by_result_json<DeliveryResult>(t.deliveries);
     j["tls_handshakes"] = by_result_json<TlsResult>(t.tls_handshakes);
     j["auth"] = by_result_json<AuthResult>(t.auth);

@@ -228,5 +228,6 @@ def test_open_transactions_gauge_returns_to_zero():
         c.close()
         assert wait_for(lambda: value(d.metrics()[0], "sluice_sessions_active") == 1)
         assert gauge() == 1, "only the holder's transaction is open"
+        assert d.ctl_json("stats")["transactions_open"] == 1
         holder.close()
         assert wait_for(lambda: gauge() == 0)
