@@ -1,5 +1,11 @@
 #include "daemon/maps_adapter.hpp"
 
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <vector>
+
 #include "storage/map_check.hpp"
 #include "storage/maps.hpp"
 
@@ -22,8 +28,70 @@ class LmdbShardMaps final : public ShardMaps {
     }
     void refresh() override { reader_.refresh(); }
 
+    void refresh_then(Shard& shard, std::function<void()> then) override {
+        if (then) {
+            waiting_.push_back(std::move(then));
+        }
+        if (loading_) {
+            again_ = true;  // files may have changed since that load's poll: poll again
+            return;
+        }
+        start_round(shard);
+    }
+
   private:
+    struct LoadJob {
+        uv_work_t req{};
+        LmdbShardMaps* self = nullptr;
+        Shard* shard = nullptr;
+        storage::MapReader::PendingPtr pending;
+    };
+
+    void start_round(Shard& shard) {
+        auto pending = reader_.poll();
+        if (!pending) {
+            auto waiting = std::move(waiting_);
+            waiting_.clear();
+            for (auto& fn : waiting) {
+                fn();
+            }
+            return;
+        }
+        auto* job = new LoadJob;
+        job->req.data = job;
+        job->self = this;
+        job->shard = &shard;
+        job->pending = std::move(pending);
+        loading_ = true;
+        shard.work_started();
+        uv_queue_work(
+            shard.loop(), &job->req,
+            [](uv_work_t* r) {
+                storage::MapReader::load(*static_cast<LoadJob*>(r->data)->pending);
+            },
+            [](uv_work_t* r, int) {
+                std::unique_ptr<LoadJob> j(static_cast<LoadJob*>(r->data));
+                LmdbShardMaps* self = j->self;
+                self->reader_.install(std::move(j->pending));
+                self->loading_ = false;
+                if (self->again_) {
+                    self->again_ = false;
+                    self->start_round(*j->shard);
+                } else {
+                    auto waiting = std::move(self->waiting_);
+                    self->waiting_.clear();
+                    for (auto& fn : waiting) {
+                        fn();
+                    }
+                }
+                j->shard->work_finished();
+            });
+    }
+
     storage::MapReader reader_;
+    bool loading_ = false;
+    bool again_ = false;
+    std::vector<std::function<void()>> waiting_;  // run once the maps on disk are in view
 };
 
 }  // namespace

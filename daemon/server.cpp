@@ -678,10 +678,12 @@ void Server::validated(ReloadJob& job) {
     switch_started_ = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < shards_.size(); ++i) {
         shards_[i]->post([this, snap, fds = std::move(added[i])](Shard& sh) mutable {
-            // Maps first: the new generation starts with every published map in view.
-            sh.maps().refresh();
-            sh.set_snapshot(snap, std::move(fds));
-            uv_async_send(&switched_);  // the only libuv call safe from another thread
+            // Maps first: the new generation starts with every published map in view (new
+            // map files are validated off the loop; the switch waits for them).
+            sh.maps().refresh_then(sh, [this, &sh, snap, fds = std::move(fds)]() mutable {
+                sh.set_snapshot(snap, std::move(fds));
+                uv_async_send(&switched_);  // the only libuv call safe from another thread
+            });
         });
     }
 }

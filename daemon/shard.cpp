@@ -124,7 +124,7 @@ void Shard::on_tick(uv_timer_t* t) {
         c->tick(now);
     }
     static_assert(kMapRefreshTicks >= 1);
-    self->maps_->refresh();
+    self->maps_->refresh_then(*self, {});
     if (self->outbound_) {
         self->outbound_->tick(std::chrono::system_clock::now());
     }

@@ -33,7 +33,13 @@ class AuthThrottle;
 // The maps a shard reads, plus the periodic check for a newly published generation.
 class ShardMaps : public policy::Maps {
   public:
+    // Everything on the calling thread (start-up, tests).
     virtual void refresh() = 0;
+    // On the shard's loop: files are stat()ed here, new generations validated and opened
+    // on the thread pool (a checksum over the whole file: ~13 ms per 15 MB, which must not
+    // stall the loop), and switched to on the loop; then `then` runs there (possibly at
+    // once). Counted as shard work while it runs.
+    virtual void refresh_then(Shard& shard, std::function<void()> then) = 0;
 };
 
 struct ShardOptions {

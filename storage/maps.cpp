@@ -29,6 +29,17 @@ struct MapReader::Slot {
     int stat_errno = 0;
 };
 
+struct MapReader::Pending {
+    struct Candidate {
+        std::size_t slot = 0;
+        MapId map = MapId::count_;
+        std::string path;
+        FileId id;  // as stat() saw it when polled
+        Result<std::unique_ptr<Generation>> loaded = make_error(Errc::invalid, "not loaded");
+    };
+    std::vector<Candidate> candidates;
+};
+
 namespace {
 
 constexpr std::size_t kMaps = static_cast<std::size_t>(MapId::count_);
@@ -71,8 +82,13 @@ MapReader::RefreshStats MapReader::refresh() {
 
 MapReader::RefreshStats MapReader::refresh_all() const {
     RefreshStats stats;
+    Pending p;
     for (std::size_t i = 0; i < slots_.size(); ++i) {
-        refresh_slot(i, stats);
+        poll_slot(i, stats, p);
+    }
+    load(p);
+    for (std::size_t i = 0; i < p.candidates.size(); ++i) {
+        install_slot(p, i, stats);
     }
     return stats;
 }
@@ -89,7 +105,42 @@ void MapReader::maybe_refresh() const {
     refresh_all();
 }
 
-void MapReader::refresh_slot(std::size_t i, RefreshStats& stats) const {
+void MapReader::PendingDeleter::operator()(Pending* p) const {
+    delete p;
+}
+
+MapReader::PendingPtr MapReader::poll() const {
+    PendingPtr p(new Pending);
+    RefreshStats ignored;
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+        poll_slot(i, ignored, *p);
+    }
+    if (p->candidates.empty()) {
+        return nullptr;
+    }
+    return p;
+}
+
+void MapReader::load(Pending& p) {
+    for (auto& c : p.candidates) {
+        c.loaded = format::open_generation(c.path, c.map);
+    }
+}
+
+MapReader::RefreshStats MapReader::install(PendingPtr p) const {
+    RefreshStats stats;
+    if (!p) {
+        return stats;
+    }
+    for (std::size_t i = 0; i < p->candidates.size(); ++i) {
+        install_slot(*p, i, stats);
+    }
+    return stats;
+}
+
+// stat()s one map. Removals and unreadable files take effect at once; a new file becomes
+// a candidate for load().
+void MapReader::poll_slot(std::size_t i, RefreshStats& stats, Pending& p) const {
     Slot& s = slots_[i];
     const std::string_view name = map_file_name(s.map);
     struct stat st {};
@@ -129,21 +180,39 @@ void MapReader::refresh_slot(std::size_t i, RefreshStats& stats) const {
     if ((s.gen && s.gen->id == id) || (s.rejected && *s.rejected == id)) {
         return;
     }
-    auto g = format::open_generation(s.path, s.map);
-    if (!g.ok()) {
-        s.rejected = id;
+    Pending::Candidate c;
+    c.slot = i;
+    c.map = s.map;
+    c.path = s.path;
+    c.id = id;
+    p.candidates.push_back(std::move(c));
+}
+
+void MapReader::install_slot(Pending& p, std::size_t candidate, RefreshStats& stats) const {
+    auto& c = p.candidates[candidate];
+    Slot& s = slots_[c.slot];
+    const std::string_view name = map_file_name(s.map);
+    if (!c.loaded.ok()) {
+        if (s.rejected && *s.rejected == c.id) {
+            return;  // logged already
+        }
+        s.rejected = c.id;
         ++stats.rejected;
         LogLine(Level::error, "map_rejected", opts_.shard)
             .kv("map", name)
             .kv("file", s.path)
-            .kv("error", g.error().message)
+            .kv("error", c.loaded.error().message)
             .kv("result", s.gen ? "keeping the previous generation" : "lookups fail (T140)");
         if (!s.gen) {
             s.state = State::unavailable;
         }
         return;
     }
-    s.gen = std::move(*g);
+    auto& g = *c.loaded;
+    if (s.gen && s.gen->id == g->id) {
+        return;  // loaded meanwhile by another refresh
+    }
+    s.gen = std::move(g);
     s.state = State::ready;
     s.rejected.reset();
     ++s.generation;

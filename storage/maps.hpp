@@ -157,6 +157,24 @@ class MapReader final : public policy::Maps {
     // stat per map); a switch costs an mdb_env_open plus validation of the new file.
     RefreshStats refresh();
 
+    // refresh() in three steps, for an owner that must not stall (a shard's event loop):
+    // loading a new generation validates the whole file (a checksum pass, ~13 ms per
+    // 15 MB) and opens it, which load() does on any thread while lookups go on.
+    struct Pending;
+    struct PendingDeleter {
+        void operator()(Pending* p) const;
+    };
+    using PendingPtr = std::unique_ptr<Pending, PendingDeleter>;
+    // Owner thread: stat()s every map (cheap). Removed and unreadable files take effect at
+    // once; the new files to load come back (null when there are none).
+    PendingPtr poll() const;
+    // Any thread; touches no reader state. The environments it opens are not tied to a
+    // thread (MDB_NOTLS | MDB_NOLOCK, storage/map_format.hpp).
+    static void load(Pending& p);
+    // Owner thread: switches to what loaded, logs what was rejected (the previous
+    // generation keeps serving). A file replaced again meanwhile is found by the next poll.
+    RefreshStats install(PendingPtr p) const;
+
     MapInfo info(MapId map) const;
     const std::string& dir() const { return dir_; }
 
@@ -165,7 +183,8 @@ class MapReader final : public policy::Maps {
 
     void maybe_refresh() const;
     RefreshStats refresh_all() const;
-    void refresh_slot(std::size_t i, RefreshStats& stats) const;
+    void poll_slot(std::size_t i, RefreshStats& stats, Pending& p) const;
+    void install_slot(Pending& p, std::size_t candidate, RefreshStats& stats) const;
     policy::Lookup lookup_failed(const format::Generation& g, std::string_view what) const;
 
     std::string dir_;

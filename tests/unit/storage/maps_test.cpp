@@ -320,6 +320,42 @@ TEST_F(Maps, OpenReaderSeesRepublishAfterRefresh) {
     EXPECT_EQ(r.refresh().loaded, 0u);
 }
 
+// The shard's way: poll() on its thread, load() on another, install() back on its thread.
+// Lookups in between are served by the old generation; a file replaced again meanwhile is
+// picked up by the next poll; a bad file is rejected at install and the old one serves.
+TEST_F(Maps, PollLoadInstallSwitchesOffTheOwnerThread) {
+    build(MapId::local_domains, "example.test\n");
+    MapReader r(dir_, manual());
+    EXPECT_EQ(r.poll(), nullptr) << "nothing changed";
+
+    build(MapId::local_domains, "example.org\n");
+    auto p = r.poll();
+    ASSERT_NE(p, nullptr);
+    std::thread loader([&] { MapReader::load(*p); });
+    // The owner keeps serving the previous generation while the file is validated.
+    EXPECT_TRUE(r.find(MapId::local_domains, "example.test").found());
+    loader.join();
+    EXPECT_TRUE(r.find(MapId::local_domains, "example.test").found()) << "not before install";
+    build(MapId::local_domains, "example.net\n");  // replaced again before the switch
+    auto stats = r.install(std::move(p));
+    EXPECT_EQ(stats.loaded, 1u);
+    EXPECT_TRUE(r.find(MapId::local_domains, "example.org").found());
+    EXPECT_EQ(r.info(MapId::local_domains).generation, 2u);
+    auto again = r.poll();
+    ASSERT_NE(again, nullptr) << "the newer file is seen by the next poll";
+    MapReader::load(*again);
+    EXPECT_EQ(r.install(std::move(again)).loaded, 1u);
+    EXPECT_TRUE(r.find(MapId::local_domains, "example.net").found());
+
+    replace_with(MapId::local_domains, std::string(16384, '\x5a'));
+    auto bad = r.poll();
+    ASSERT_NE(bad, nullptr);
+    MapReader::load(*bad);
+    EXPECT_EQ(r.install(std::move(bad)).rejected, 1u);
+    EXPECT_TRUE(r.find(MapId::local_domains, "example.net").found());
+    EXPECT_EQ(r.poll(), nullptr) << "a rejected file is not loaded again";
+}
+
 TEST_F(Maps, UsersMapIsNotWorldReadable) {
     build(MapId::users, "alice $6$salt$hash\n");
     build(MapId::local_domains, "example.test\n");
