@@ -557,9 +557,17 @@ void Session::on_data(Clock::time_point now) {
         return;
     }
     data_.emplace(cfg_.limits.message_size);
+    // The message is built in place: our Received: field first, the content appended
+    // behind it as it arrives, so that a 25 MB message is never copied to prepend it.
+    pending_id_ = new_message_id(p_.shard);
+    std::string header = received_header();
+    header.replace(header.find("%ID%"), 4, pending_id_);
     body_.clear();
-    body_.reserve(std::min<std::uint64_t>(tx_.declared_size ? tx_.declared_size + 512 : 4096,
+    body_.reserve(header.size() +
+                  std::min<std::uint64_t>(tx_.declared_size ? tx_.declared_size + 512 : 4096,
                                           cfg_.limits.message_size + 2));
+    body_ = std::move(header);
+    content_start_ = body_.size();
     data_started_ = now;
     state_ = State::data;
     reply(Reply::start_data);
@@ -611,19 +619,13 @@ void Session::end_of_data(Clock::time_point now) {
     if (data_->long_line()) {
         return done(Reply::line_too_long, "line_length");
     }
-    if (count_hops(body_) >= cfg_.limits.max_hops) {
+    if (count_hops(std::string_view(body_).substr(content_start_)) >= cfg_.limits.max_hops) {
         return done(Reply::too_many_hops, "hops");
     }
     auto msg = std::make_unique<storage::Message>();
-    msg->id = new_message_id(p_.shard);
-    pending_id_ = msg->id;
-    std::string header = received_header();
-    header.replace(header.find("%ID%"), 4, msg->id);
-    msg->data.reserve(header.size() + body_.size());
-    msg->data = std::move(header);
-    msg->data += body_;
-    body_.clear();
-    body_.shrink_to_fit();
+    msg->id = pending_id_;
+    msg->data = std::move(body_);  // our Received: field and the content (see on_data)
+    body_ = std::string();
     msg->sender = tx_.sender->str();
     msg->recipients = std::move(tx_.recipients);
     msg->client = format_ip(p_.client);
