@@ -566,7 +566,7 @@ void Session::on_data(Clock::time_point now) {
     body_.reserve(header.size() +
                   std::min<std::uint64_t>(tx_.declared_size ? tx_.declared_size + 512 : 4096,
                                           cfg_.limits.message_size + 2));
-    body_ = std::move(header);
+    body_.append(header);  // into the reserved buffer (assigning would drop it)
     content_start_ = body_.size();
     data_started_ = now;
     state_ = State::data;
