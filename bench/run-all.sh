@@ -18,5 +18,7 @@ echo "== spool group commit"
 "$root/$build/bench/spool_bench" --seconds 1.5
 echo "== fdatasync: appending vs writing into zero-filled space (spool.zero_ahead)"
 /usr/bin/python3 "$root/bench/fdatasync_probe.py" "${TMPDIR:-/var/tmp}" 2000
+echo "== peak memory for one 20 MB message (the message size is the reference)"
+/usr/bin/python3 "$root/bench/big_message_rss.py" "$build" 20
 echo "== memory with 10000 idle sessions"
 /usr/bin/python3 "$root/bench/idle_memory.py" "$build" 10000
