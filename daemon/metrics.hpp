@@ -55,6 +55,8 @@ struct ShardMetrics {
     Counter duration_count;
     Counter duration_sum_ms;
     std::array<Counter, static_cast<std::size_t>(TlsResult::count_)> tls_handshakes;
+    // STARTTLS to next hops (outbound links).
+    std::array<Counter, static_cast<std::size_t>(TlsResult::count_)> tls_out_handshakes;
     std::array<Counter, static_cast<std::size_t>(AuthResult::count_)> auth;
     // The config generation this shard serves (stored by the shard thread when it switches).
     std::atomic<std::uint64_t> generation{0};

@@ -260,6 +260,7 @@ class Outbound::Link {
     // The handshake failed: one log line, the recipients deferred (never plaintext when
     // required), and for optional a plaintext window for the next connections.
     void tls_failed(const std::string& error) {
+        ob_.shard_.metrics().tls_out_handshakes[static_cast<int>(TlsResult::failed)].add();
         bool fallback = hop_.transport.starttls == TlsMode::optional;
         if (fallback) {
             hop_.plaintext_until = std::chrono::steady_clock::now() + kTlsFallback;
@@ -300,6 +301,7 @@ class Outbound::Link {
                 hop_.tls_session = std::move(session);
                 hop_.tls_session_config = tls_config_;
             }
+            ob_.shard_.metrics().tls_out_handshakes[static_cast<int>(TlsResult::ok)].add();
             LogLine(Level::info, "tls_out", ob_.shard_.index())
                 .kv("relay", hop_.key)
                 .kv("starttls", to_string(hop_.transport.starttls))

@@ -210,6 +210,7 @@ Totals collect(const std::vector<const ShardMetrics*>& shards, const ServerNumbe
         add_all(t.messages, m->messages);
         add_all(t.deliveries, m->deliveries);
         add_all(t.tls_handshakes, m->tls_handshakes);
+        add_all(t.tls_out_handshakes, m->tls_out_handshakes);
         add_all(t.auth, m->auth);
         t.bytes_received += m->bytes_received.get();
         // The count is read before the buckets: observe_duration() adds to the bucket first,
@@ -298,6 +299,9 @@ std::string render_prometheus(const Totals& t) {
 
     w.family("sluice_tls_handshakes_total", "counter", "TLS handshakes, by result.");
     by_result<TlsResult>(w, "sluice_tls_handshakes_total", t.tls_handshakes);
+    w.family("sluice_tls_out_handshakes_total", "counter",
+             "TLS handshakes with next hops (outbound STARTTLS), by result.");
+    by_result<TlsResult>(w, "sluice_tls_out_handshakes_total", t.tls_out_handshakes);
 
     w.family("sluice_auth_total", "counter", "SMTP AUTH attempts, by result.");
     by_result<AuthResult>(w, "sluice_auth_total", t.auth);
@@ -341,6 +345,7 @@ nlohmann::json to_json(const Totals& t) {
     j["transactions_open"] = t.server.transactions_open;
     j["deliveries"] = by_result_json<DeliveryResult>(t.deliveries);
     j["tls_handshakes"] = by_result_json<TlsResult>(t.tls_handshakes);
+    j["tls_out_handshakes"] = by_result_json<TlsResult>(t.tls_out_handshakes);
     j["auth"] = by_result_json<AuthResult>(t.auth);
     json buckets = json::object();
     for (std::size_t i = 0; i < kDurationBuckets.size(); ++i) {

@@ -66,6 +66,7 @@ struct Totals {
     ByResult<MsgResult> messages{};
     ByResult<DeliveryResult> deliveries{};
     ByResult<TlsResult> tls_handshakes{};
+    ByResult<TlsResult> tls_out_handshakes{};
     ByResult<AuthResult> auth{};
     std::uint64_t bytes_received = 0;
     std::array<std::uint64_t, kDurationBuckets.size()> duration_buckets{};  // cumulative

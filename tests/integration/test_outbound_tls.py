@@ -118,6 +118,8 @@ def test_required_delivers_over_a_verified_tls_session(tmp_path):
             assert "result=ok" in lines[0] and "verified=yes" in lines[0]
             assert "version=TLSv1.2" in lines[0] and "cipher=TLS-ECDHE-ECDSA-" in lines[0]
             assert wait_for(lambda: d.log_lines("delivered"))
+            out = d.ctl_json("stats")["tls_out_handshakes"]
+            assert out["ok"] == 1 and out["failed"] == 0
     finally:
         hop.stop()
 
@@ -138,6 +140,8 @@ def test_required_with_an_untrusted_certificate_defers_and_never_sends(tmp_path)
             assert 'reply="451 4.4.2' in d.log_lines("deferred")[0]
             assert hop.recorder.snapshot() == []
             assert not d.log_lines("delivered")
+            out = d.ctl_json("stats")["tls_out_handshakes"]
+            assert out["ok"] == 0 and out["failed"] >= 2
         assert len(queued_ids(d)) == 1  # still in the spool after the clean stop
     finally:
         hop.stop()
