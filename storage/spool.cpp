@@ -55,10 +55,10 @@ constexpr Millis kStatInterval{100};               // free-space refresh while b
 constexpr Millis kIdleWake{1000};                  // ... and while idle
 constexpr std::size_t kReadChunk = 4u << 20;       // recovery and big-file I/O
 // SpoolOptions::zero_ahead: an fdatasync of data written into blocks that already exist
-// flushes the data alone, while an append must also commit the new size and extents to the
-// file system journal (measured on ext4: half the time and CPU per fdatasync). A
-// zero-filled tail fails the record CRC, so recovery sees the end of the records there,
-// exactly as at the end of the file.
+// flushes the data alone, while an append must also write the new size and block
+// allocation (file system metadata): on this project's ext4 VM about half the time and CPU
+// per fdatasync (bench/fdatasync_probe.py). A zero-filled tail fails the record CRC, so
+// recovery sees the end of the records there, exactly as at the end of the file.
 constexpr std::size_t kZeroChunk = 1u << 20;
 char g_zeros[kZeroChunk];  // .bss: costs no memory until read
 
