@@ -72,7 +72,7 @@ class Connection final : public smtp::SessionHooks {
     bool closing_ = false;
     bool limiter_held_ = false;
     bool expecting_ = false;  // counted in the spool's expected commits
-    int refs_ = 1;  // the handle; +1 per thread-pool job
+    int refs_ = 1;            // the handle; +1 per thread-pool job
     IpAddr peer_;
     std::unique_ptr<smtp::Session> session_;
 

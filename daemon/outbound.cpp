@@ -98,8 +98,8 @@ class Outbound::Link {
     // one waits for the reply to its "." (smtp::Client::can_pipeline()).
     void feed() {
         while (!closing_ && !ob_.draining_ && !hop_.queue.empty() &&
-               ((jobs_.empty() && (client_.state() == smtp::Client::State::connecting ||
-                                   client_.reusable())) ||
+               ((jobs_.empty() &&
+                 (client_.state() == smtp::Client::State::connecting || client_.reusable())) ||
                 client_.can_pipeline())) {
             jobs_.push_back(std::move(hop_.queue.front()));
             hop_.queue.pop_front();

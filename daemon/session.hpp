@@ -198,7 +198,8 @@ class Session {
     std::uint32_t errors_ = 0;
     std::string close_reason_;
     std::string pending_id_;  // queue id of the message in DATA or being committed
-    std::size_t content_start_ = 0;  // body_: where the client's content starts (after our Received:)
+    // body_: where the client's content starts (after our Received: field).
+    std::size_t content_start_ = 0;
     // Counters for the summary line.
     std::uint32_t messages_ = 0;
     std::uint32_t recipients_ = 0;

@@ -867,10 +867,9 @@ void Client::start_transaction(OutboundMessage m) {
     const std::uint64_t size = t.msg.size != 0 ? t.msg.size : t.msg.data.size();
     if (size_limit_ != 0 && size > size_limit_) {
         // RFC 1870 §6: do not send what the server said it cannot take.
-        settle_open(t, local_result(Reply::size_exceeded,
-                                    "Message size " + std::to_string(size) +
-                                        " exceeds the next hop's limit of " +
-                                        std::to_string(size_limit_)));
+        settle_open(t, local_result(Reply::size_exceeded, "Message size " + std::to_string(size) +
+                                                              " exceeds the next hop's limit of " +
+                                                              std::to_string(size_limit_)));
         finish_transaction(t, false);
         return;
     }
@@ -933,8 +932,7 @@ bool Client::send_rcpt(Transaction& t, std::size_t from) {
     return false;
 }
 
-void Client::send_command(std::string_view line, Cmd cmd, std::uint32_t index,
-                          std::uint32_t tx) {
+void Client::send_command(std::string_view line, Cmd cmd, std::uint32_t index, std::uint32_t tx) {
     out_.append(line);
     out_.append("\r\n");
     expects_.push_back({cmd, index, tx});

@@ -287,7 +287,8 @@ std::string render_prometheus(const Totals& t) {
     w.family("sluice_transactions_open", "gauge",
              "SMTP transactions past MAIL and not yet submitted (the company a commit may "
              "wait for, spool.commit_delay).");
-    w.sample("sluice_transactions_open", "", number(static_cast<double>(t.server.transactions_open)));
+    w.sample("sluice_transactions_open", "",
+             number(static_cast<double>(t.server.transactions_open)));
     w.family("sluice_spool_commit_seconds_total", "counter",
              "Time committed messages spent from submission to durable, summed (divide by "
              "sluice_spool_committed_total for the mean).");

@@ -1096,7 +1096,8 @@ struct Spool::Impl {
             return;
         }
         for (std::uint64_t off = from; off < zeroed_end;) {
-            auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kZeroChunk, zeroed_end - off));
+            auto n =
+                static_cast<std::size_t>(std::min<std::uint64_t>(kZeroChunk, zeroed_end - off));
             ssize_t w = ::pwrite(fd, g_zeros, n, static_cast<off_t>(off));
             if (w <= 0) {
                 return;
