@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "daemon/tls.hpp"
+#include "tests/support/mem_bio.hpp"
 
 namespace {
 
@@ -226,7 +227,7 @@ struct Client {
     mbedtls_ssl_config conf;
     mbedtls_ssl_context ssl;
     mbedtls_ecp_group_id curves[3];
-    std::string in, out;
+    sluice::test_support::MemBio bio;  // bio.in: bytes to read; bio.out: bytes sent
     bool done = false;
 
     Client(mbedtls_ecp_group_id curve, const mbedtls_ssl_session* resume) {
@@ -245,26 +246,13 @@ struct Client {
         if (resume != nullptr) {
             mbedtls_ssl_set_session(&ssl, resume);
         }
-        mbedtls_ssl_set_bio(&ssl, this, bio_send, bio_recv, nullptr);
+        mbedtls_ssl_set_bio(&ssl, &bio, sluice::test_support::MemBio::send,
+                            sluice::test_support::MemBio::recv, nullptr);
         step();
     }
     ~Client() {
         mbedtls_ssl_free(&ssl);
         mbedtls_ssl_config_free(&conf);
-    }
-    static int bio_send(void* c, const unsigned char* b, std::size_t n) {
-        static_cast<Client*>(c)->out.append(reinterpret_cast<const char*>(b), n);
-        return static_cast<int>(n);
-    }
-    static int bio_recv(void* c, unsigned char* b, std::size_t n) {
-        auto* self = static_cast<Client*>(c);
-        if (self->in.empty()) {
-            return MBEDTLS_ERR_SSL_WANT_READ;
-        }
-        n = std::min(n, self->in.size());
-        std::memcpy(b, self->in.data(), n);
-        self->in.erase(0, n);
-        return static_cast<int>(n);
     }
     void step() { done = done || mbedtls_ssl_handshake(&ssl) == 0; }
 };
@@ -285,11 +273,11 @@ double handshake(mbedtls_ecp_group_id curve, const Saved* resume, Saved* save, b
     Status ss = Status::want_more;
     for (int round = 0; round < 10 && !(client.done && ss == Status::ok); ++round) {
         std::string c2s;
-        c2s.swap(client.out);
+        c2s.swap(client.bio.out);
         t0 = thread_cpu_seconds();
         ss = server->receive(c2s, sp);
         server_cpu += thread_cpu_seconds() - t0;
-        client.in += server->outbox();
+        client.bio.in += server->outbox();
         server->outbox().clear();
         client.step();
     }

@@ -50,11 +50,7 @@ class LmdbShardMaps final : public ShardMaps {
     void start_round(Shard& shard) {
         auto pending = reader_.poll();
         if (!pending) {
-            auto waiting = std::move(waiting_);
-            waiting_.clear();
-            for (auto& fn : waiting) {
-                fn();
-            }
+            run_waiting();
             return;
         }
         auto* job = new LoadJob;
@@ -78,14 +74,18 @@ class LmdbShardMaps final : public ShardMaps {
                     self->again_ = false;
                     self->start_round(*j->shard);
                 } else {
-                    auto waiting = std::move(self->waiting_);
-                    self->waiting_.clear();
-                    for (auto& fn : waiting) {
-                        fn();
-                    }
+                    self->run_waiting();
                 }
                 j->shard->work_finished();
             });
+    }
+
+    void run_waiting() {
+        auto waiting = std::move(waiting_);
+        waiting_.clear();
+        for (auto& fn : waiting) {
+            fn();
+        }
     }
 
     storage::MapReader reader_;

@@ -93,7 +93,6 @@ class Outbound::Link {
         }
     }
 
-    // Gives the next queued message to the client when it can take one.
     // Gives the client the next job when it is idle, or (PIPELINING) while the current
     // one waits for the reply to its "." (smtp::Client::can_pipeline()).
     void feed() {

@@ -157,3 +157,28 @@ address = "127.0.0.1:25"
     EXPECT_NE(s.find("needs HOST:PORT"), std::string::npos) << s;
     EXPECT_NE(s.find("unknown option \"starttls=maybe\""), std::string::npos) << s;
 }
+
+TEST(Config, SpoolGroupCommitKeys) {
+    auto r = load_config_text(kGood, "/etc/sluice/sluice.toml");
+    ASSERT_TRUE(r.ok()) << all(r);
+    EXPECT_EQ(r.config->spool.commit_delay, Millis(1));
+    EXPECT_EQ(r.config->spool.syncs_in_flight, 1u);
+
+    auto zero =
+        load_config_text(std::string(kGood) + "[spool]\ncommit_delay = \"0ms\"\n", "/tmp/x.toml");
+    ASSERT_TRUE(zero.ok()) << all(zero);
+    EXPECT_EQ(zero.config->spool.commit_delay, Millis(0));  // never wait
+
+    auto bad = load_config_text(
+        std::string(kGood) + "[spool]\ncommit_delay = \"1s\"\nsyncs_in_flight = 0\n",
+        "/tmp/x.toml");
+    EXPECT_FALSE(bad.ok());
+    auto s = all(bad);
+    EXPECT_NE(s.find("/tmp/x.toml:22:16: spool.commit_delay: \"1s\" (allowed 0s..100ms) is out "
+                     "of range"),
+              std::string::npos)
+        << s;
+    EXPECT_NE(s.find("/tmp/x.toml:23:19: spool.syncs_in_flight: 0 (allowed 1..16) is out of range"),
+              std::string::npos)
+        << s;
+}

@@ -21,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/mem_bio.hpp"
+
 namespace sluice::tls {
 namespace {
 
@@ -179,7 +181,7 @@ struct RawClient {
     mbedtls_ssl_config conf;
     mbedtls_ssl_context ssl;
     std::vector<int> suites;
-    std::string in, out;
+    sluice::test_support::MemBio bio;  // bio.in: bytes to read; bio.out: bytes sent
     bool done = false;
     int last = 0;
 
@@ -203,26 +205,13 @@ struct RawClient {
         if (o.session != nullptr) {
             EXPECT_EQ(0, mbedtls_ssl_set_session(&ssl, o.session));
         }
-        mbedtls_ssl_set_bio(&ssl, this, bio_send, bio_recv, nullptr);
+        mbedtls_ssl_set_bio(&ssl, &bio, sluice::test_support::MemBio::send,
+                            sluice::test_support::MemBio::recv, nullptr);
         step();
     }
     ~RawClient() {
         mbedtls_ssl_free(&ssl);
         mbedtls_ssl_config_free(&conf);
-    }
-    static int bio_send(void* c, const unsigned char* b, std::size_t n) {
-        static_cast<RawClient*>(c)->out.append(reinterpret_cast<const char*>(b), n);
-        return static_cast<int>(n);
-    }
-    static int bio_recv(void* c, unsigned char* b, std::size_t n) {
-        auto* self = static_cast<RawClient*>(c);
-        if (self->in.empty()) {
-            return MBEDTLS_ERR_SSL_WANT_READ;
-        }
-        n = std::min(n, self->in.size());
-        std::memcpy(b, self->in.data(), n);
-        self->in.erase(0, n);
-        return static_cast<int>(n);
     }
     void step() {
         if (!done) {
@@ -231,7 +220,7 @@ struct RawClient {
         }
     }
     Status receive(std::string_view cipher, std::string& plain) {
-        in.append(cipher);
+        bio.in.append(cipher);
         step();
         if (last != 0 && last != MBEDTLS_ERR_SSL_WANT_READ) {
             return Status::error;
@@ -250,7 +239,7 @@ struct RawClient {
             return r == MBEDTLS_ERR_SSL_WANT_READ ? Status::ok : Status::error;
         }
     }
-    std::string& outbox() { return out; }
+    std::string& outbox() { return bio.out; }
 };
 
 // Moves bytes both ways in pieces of `frag` octets until neither side has anything to
@@ -530,10 +519,10 @@ TEST(TlsStream, ClientRenegotiationIsRefused) {
     ASSERT_TRUE(client.done);
     int r = mbedtls_ssl_renegotiate(&client.ssl);
     ASSERT_EQ(r, MBEDTLS_ERR_SSL_WANT_READ);
-    ASSERT_FALSE(client.out.empty()) << "the client sent a new ClientHello";
+    ASSERT_FALSE(client.bio.out.empty()) << "the client sent a new ClientHello";
     std::string plain;
     std::string hello;
-    hello.swap(client.out);
+    hello.swap(client.bio.out);
     ss = server.receive(hello, plain);
     // RFC 5746 §4.4 / RFC 5246 §7.2.2: the server declines with a no_renegotiation
     // warning: one encrypted alert record (type 21), no ServerHello.
@@ -544,7 +533,7 @@ TEST(TlsStream, ClientRenegotiationIsRefused) {
     // Whatever the server answered, the client's renegotiation never completes.
     std::string answer;
     answer.swap(server.outbox());
-    client.in.append(answer);
+    client.bio.in.append(answer);
     for (int i = 0; i < 3; ++i) {
         r = mbedtls_ssl_renegotiate(&client.ssl);
         EXPECT_NE(r, 0) << "renegotiation completed";
