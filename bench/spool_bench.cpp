@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "storage/spool.hpp"
+#include "tests/support/spool_commit.hpp"
 
 using namespace sluice;
 using namespace sluice::storage;
@@ -107,6 +108,16 @@ double percentile(std::vector<double>& v, double p) {
     return v[k];
 }
 
+// The commit latencies of every thread, as the row's p50 and p99.
+void set_latency(Row& r, const std::vector<std::vector<double>>& lat) {
+    std::vector<double> all;
+    for (const auto& l : lat) {
+        all.insert(all.end(), l.begin(), l.end());
+    }
+    r.p50_ms = percentile(all, 0.5);
+    r.p99_ms = percentile(all, 0.99);
+}
+
 Row run_spool(const Args& a, std::size_t conc, std::size_t size, std::size_t syncs) {
     std::string dir = a.dir + "/spool-bench-" + std::to_string(::getpid());
     fs::remove_all(dir);
@@ -129,23 +140,11 @@ Row run_spool(const Args& a, std::size_t conc, std::size_t size, std::size_t syn
     std::vector<std::thread> threads;
     for (std::size_t t = 0; t < conc; ++t) {
         threads.emplace_back([&, t] {
-            std::mutex mu;
-            std::condition_variable cv;
             ++ready;
             for (std::uint64_t seq = 0; !stop.load(std::memory_order_relaxed); ++seq) {
-                bool done = false;
-                CommitStatus st = CommitStatus::io_error;
                 auto start = Clock::now();
-                spool.submit(make_message(t, seq, size),
-                             [&](CommitStatus s, std::unique_ptr<Message>) {
-                                 std::lock_guard lk(mu);
-                                 st = s;
-                                 done = true;
-                                 cv.notify_one();
-                             });
-                std::unique_lock lk(mu);
-                cv.wait(lk, [&] { return done; });
-                if (st != CommitStatus::ok) {
+                if (test_support::commit_and_wait(spool, make_message(t, seq, size)) !=
+                    CommitStatus::ok) {
                     std::fprintf(stderr, "commit failed\n");
                     std::exit(2);
                 }
@@ -183,12 +182,7 @@ Row run_spool(const Args& a, std::size_t conc, std::size_t size, std::size_t syn
     r.fsyncs_per_msg = static_cast<double>(after.fsyncs - before.fsyncs) / std::max(msgs, 1.0);
     r.batch = static_cast<double>(after.committed - before.committed) /
               std::max<double>(1.0, static_cast<double>(after.batches - before.batches));
-    std::vector<double> all;
-    for (auto& l : lat) {
-        all.insert(all.end(), l.begin(), l.end());
-    }
-    r.p50_ms = percentile(all, 0.5);
-    r.p99_ms = percentile(all, 0.99);
+    set_latency(r, lat);
     return r;
 }
 
@@ -243,12 +237,7 @@ Row run_reference(const Args& a, std::size_t conc, std::size_t size) {
     r.msgs_per_s = msgs / std::chrono::duration<double>(t1 - t0).count();
     r.fsyncs_per_msg = 2;
     r.batch = 1;
-    std::vector<double> all;
-    for (auto& l : lat) {
-        all.insert(all.end(), l.begin(), l.end());
-    }
-    r.p50_ms = percentile(all, 0.5);
-    r.p99_ms = percentile(all, 0.99);
+    set_latency(r, lat);
     return r;
 }
 

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "storage/spool.hpp"
+#include "tests/support/spool_commit.hpp"
 
 using namespace sluice;
 using namespace sluice::storage;
@@ -156,21 +157,9 @@ int submit(const std::string& dir, int argc, char** argv) {
     std::vector<std::thread> pool;
     for (std::size_t t = 0; t < threads; ++t) {
         pool.emplace_back([&, t] {
-            std::mutex mu;
-            std::condition_variable cv;
             for (std::uint64_t seq = 0;; ++seq) {
                 std::string id = run + "-" + std::to_string(t) + "-" + std::to_string(seq);
-                bool done = false;
-                CommitStatus status = CommitStatus::io_error;
-                spool.submit(expected(id, sz), [&](CommitStatus s, std::unique_ptr<Message>) {
-                    std::lock_guard lk(mu);
-                    status = s;
-                    done = true;
-                    cv.notify_one();
-                });
-                std::unique_lock lk(mu);
-                cv.wait(lk, [&] { return done; });
-                if (status != CommitStatus::ok) {
+                if (test_support::commit_and_wait(spool, expected(id, sz)) != CommitStatus::ok) {
                     say("fail " + id);
                     continue;
                 }
