@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -601,6 +602,26 @@ TEST_F(SpoolTest, ZeroFilledSpaceAheadIsNotTornAndIsTrimmed) {
     auto m = s->load("z39");
     ASSERT_TRUE(m.ok());
     EXPECT_EQ((*m)->data, make_message("z39", 3000)->data);
+}
+
+// Zero-filling ahead is best effort and never spends the space kept free: with less than
+// min_free + 4 x zero_ahead available, segments only grow by their records.
+TEST_F(SpoolTest, NoZeroFillWhenSpaceIsShort) {
+    fs::create_directories(dir_);
+    struct statvfs st {};
+    ASSERT_EQ(::statvfs(dir_.c_str(), &st), 0);
+    const std::uint64_t free_now = static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize;
+    ASSERT_GT(free_now, 1ull << 30) << "needs 1 GiB free to set the margins";
+    auto o = options();
+    o.zero_ahead = 64ull << 20;                    // 4 x 64 MiB above min_free: more than is free
+    o.min_free_bytes = free_now - (100ull << 20);  // commits still fit (they keep min_free / 2)
+    auto s = open(o);
+    ASSERT_TRUE(s);
+    for (int i = 0; i < 5; ++i) {
+        ASSERT_EQ(commit_one(*s, make_message("short" + std::to_string(i), 2000)),
+                  CommitStatus::ok);
+    }
+    EXPECT_EQ(fs::file_size(segment_files(dir_).at(0)), s->stats().bytes);
 }
 
 TEST_F(SpoolTest, DamagedOrGarbageTailIsNeverRecovered) {
