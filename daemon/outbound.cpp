@@ -2,6 +2,9 @@
 
 #include <algorithm>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
 #include "common/log.hpp"
 #include "daemon/dsn.hpp"
 #include "daemon/session.hpp"
@@ -432,6 +435,22 @@ class Outbound::Link {
             self->client_.receive(bytes);
         }
         self->step();
+        if (!self->closing_ && self->client_.awaiting_reply()) {
+            self->ack_now();
+        }
+    }
+
+    // More replies are due (a pipelined group, RFC 2920): acknowledge what was read at
+    // once. A next hop that writes each reply on its own without TCP_NODELAY holds the
+    // next one back (Nagle) until its previous one is acknowledged, and a delayed ACK
+    // (up to 40 ms on Linux) would stall the connection that long. When the step above
+    // wrote something, the ACK went with it and this only keeps quick-ACK mode on.
+    void ack_now() {
+        uv_os_fd_t fd;
+        if (uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) == 0) {
+            int one = 1;
+            ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+        }
     }
 
     static void on_write(uv_write_t* req, int status) {

@@ -273,6 +273,8 @@ class Client {
     bool can_pipeline() const;
     // The next hop announced PIPELINING (RFC 2920).
     bool pipelining() const { return pipelining_; }
+    // Replies to commands already sent are still to come.
+    bool awaiting_reply() const { return !expects_.empty(); }
     // The RFC 5321 §4.5.3.2 timeout for what the client waits for now; the owner re-arms
     // its timer with it after every call into the client. Zero when finished.
     Millis current_timeout() const;

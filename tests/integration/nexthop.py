@@ -1,5 +1,6 @@
 """A recording next hop for forwarding tests: an aiosmtpd server in a thread that keeps
 every envelope and message, and can refuse chosen recipients or stall."""
+import socket
 import threading
 
 from aiosmtpd.controller import Controller
@@ -52,3 +53,57 @@ class NextHop:
         if self.controller:
             self.controller.stop()
             self.controller = None
+
+
+class NaglingNextHop:
+    """A next hop that answers pipelined commands one write per reply with Nagle's
+    algorithm on (no TCP_NODELAY), as some SMTP servers do. Counts messages."""
+
+    def __init__(self, port):
+        self.port = port
+        self.messages = 0
+        self.lock = threading.Lock()
+        self.sock = None
+
+    def start(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self.sock:
+            self.sock.close()
+            self.sock = None
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        with conn, conn.makefile("rb") as f:
+            conn.sendall(b"220 nagle.test ESMTP\r\n")
+            for line in f:
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-nagle.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go on\r\n")
+                    for body in f:
+                        if body == b".\r\n":
+                            break
+                    with self.lock:
+                        self.messages += 1
+                    conn.sendall(b"250 2.0.0 kept\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")

@@ -9,14 +9,14 @@ import threading
 import time
 
 from harness import SLUICECTL, Daemon, Raw, code, free_port, wait_for
-from nexthop import NextHop
+from nexthop import NaglingNextHop, NextHop
 
 
-def forwarding_daemon(hop_port, extra_routes="", limits="", spool=""):
+def forwarding_daemon(hop_port, extra_routes="", limits="", spool="", query=""):
     d = Daemon(limits=limits)
     text = d.config.read_text().replace(
         '"example.test" = "maildir:maildir"',
-        f'"example.test" = "smtp://127.0.0.1:{hop_port}"{extra_routes}')
+        f'"example.test" = "smtp://127.0.0.1:{hop_port}{query}"{extra_routes}')
     text = text.replace('dir = "spool"', 'dir = "spool"\nretry = ["1s", "2s"]' + spool)
     d.config.write_text(text)
     return d
@@ -216,9 +216,7 @@ def test_queue_commands_through_the_running_daemon():
 def test_inline_mode_answers_after_the_next_hop_and_spools_the_rest():
     hop = NextHop(free_port()).start()
     hop.recorder.reject["later@example.test"] = "450 4.2.1 try later"
-    d = forwarding_daemon(hop.port)
-    d.config.write_text(d.config.read_text().replace(f"smtp://127.0.0.1:{hop.port}\"",
-                                                     f"smtp://127.0.0.1:{hop.port}?inline=true\""))
+    d = forwarding_daemon(hop.port, query="?inline=true")
     try:
         with d:
             with smtplib.SMTP("127.0.0.1", d.port) as s:
@@ -244,5 +242,25 @@ def test_inline_mode_answers_after_the_next_hop_and_spools_the_rest():
             msgs = wait_for(lambda: any(b"Subject: down" in m[2] for m in hop.recorder.snapshot())
                             and hop.recorder.snapshot(), 20)
             assert msgs
+    finally:
+        hop.stop()
+
+
+def test_a_next_hop_that_nagles_its_replies_does_not_stall_the_link():
+    """Replies to a pipelined group written one by one without TCP_NODELAY: the next one
+    waits until the previous is acknowledged, so an ACK delayed by the kernel (40 ms) would
+    stall every message. In-line mode makes each message wait for the next hop: 40
+    messages take about 40 x 40 ms if the link delays its ACKs, a few ms each if not."""
+    hop = NaglingNextHop(free_port()).start()
+    try:
+        with forwarding_daemon(hop.port, query="?inline=true") as d:
+            with smtplib.SMTP("127.0.0.1", d.port) as s:
+                s.ehlo("client.test")
+                t0 = time.monotonic()
+                for i in range(40):
+                    s.sendmail("a@outside.test", ["user@example.test"], f"Subject: {i}\r\n\r\nx\r\n")
+                took = time.monotonic() - t0
+            assert hop.messages == 40
+            assert took < 0.8, f"40 in-line messages took {took:.2f}s"
     finally:
         hop.stop()
