@@ -833,6 +833,12 @@ struct Spool::Impl {
             if (stopping) {
                 return false;
             }
+            if (space_runs_low()) {
+                lk.unlock();
+                prepare_space();
+                lk.lock();
+                continue;
+            }
             auto now = SteadyClock::now();
             if (!queue.empty()) {
                 // Only outcome records: wait a little for company (they are not urgent).
@@ -1084,26 +1090,68 @@ struct Spool::Impl {
 
     // write_mu held: keeps the active segment zero-filled `zero_ahead` beyond `end` (this
     // batch's fdatasync makes the new size durable once; the next ones write into
-    // allocated blocks). Best effort: it is skipped when space is short, and a failure
-    // here only costs speed (the batch's own write reports real disk errors).
+    // allocated blocks). Normally the writer has done it while idle (prepare_space);
+    // this is for a writer that had no idle moment. Best effort: skipped when space is
+    // short, and a failure here only costs speed (the batch's own write reports real
+    // disk errors).
     void zero_ahead(int fd, std::uint64_t end) {
         if (end <= zeroed_end || opts.zero_ahead == 0) {
             return;
         }
-        std::uint64_t from = std::max(zeroed_end, end);
-        zeroed_end = from + opts.zero_ahead;
+        zero_fill(fd, std::max(zeroed_end, end), end + opts.zero_ahead);
+    }
+
+    // write_mu held: zero-fills [from, to) beyond the records and counts it as done.
+    // Returns false when it was skipped (space short) or failed.
+    bool zero_fill(int fd, std::uint64_t from, std::uint64_t to) {
+        zeroed_end = to;
         if (free_bytes.load() < opts.min_free_bytes + 4 * opts.zero_ahead) {
-            return;
+            return false;
         }
-        for (std::uint64_t off = from; off < zeroed_end;) {
-            auto n =
-                static_cast<std::size_t>(std::min<std::uint64_t>(kZeroChunk, zeroed_end - off));
+        for (std::uint64_t off = from; off < to;) {
+            auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kZeroChunk, to - off));
             ssize_t w = ::pwrite(fd, g_zeros, n, static_cast<off_t>(off));
             if (w <= 0) {
-                return;
+                return false;
             }
             off += static_cast<std::uint64_t>(w);
         }
+        return true;
+    }
+
+    // Writer thread, q_mu not held: less than half of `zero_ahead` is left zero-filled
+    // beyond the records of the active segment.
+    bool space_runs_low() {
+        if (opts.zero_ahead == 0) {
+            return false;
+        }
+        std::lock_guard wl(write_mu);
+        return active != kNoSegment && !active_broken &&
+               zeroed_end < active_end + opts.zero_ahead / 2;
+    }
+
+    // Writer thread, nothing to commit: zero-fills the active segment `zero_ahead` beyond
+    // its records and makes that durable now, so that the fdatasyncs of the next batches
+    // neither write these pages nor the new size and allocation. Done here, when the
+    // writer would wait, the ~1 ms this takes is off the path of a waiting client.
+    void prepare_space() {
+        std::shared_ptr<Fd> fd;
+        {
+            std::lock_guard wl(write_mu);
+            if (active == kNoSegment || active_broken) {
+                return;
+            }
+            {
+                std::lock_guard lk(index_mu);
+                fd = segs[active].fd;
+            }
+            if (!zero_fill(fd->get(), std::max(zeroed_end, active_end),
+                           active_end + opts.zero_ahead)) {
+                return;
+            }
+        }
+        ++n_fsyncs;
+        io->fdatasync(fd->get());  // a failure here shows in the next batch's own fdatasync
     }
 
     void sync_main() {

@@ -16,7 +16,9 @@
 //   way, the writer waits up to `commit_delay` for them (`group_target` at most), so that
 //   20 sessions share one fdatasync instead of three or four.
 // - The active segment is zero-filled `zero_ahead` bytes beyond its records: fdatasync
-//   then flushes data into allocated blocks without a metadata commit.
+//   then flushes data into allocated blocks without a metadata commit. The writer refills
+//   that space (and syncs it) when it has nothing to commit, so the ~1 ms this takes is
+//   rarely in a client's wait.
 // - Messages of `large_message_bytes` or more go to their own file (`DIR/big/*.msg`),
 //   written and fsync'd by a second thread; only a small record enters a batch, so a
 //   25 MB message never holds the batch of small ones behind it.

@@ -604,6 +604,26 @@ TEST_F(SpoolTest, ZeroFilledSpaceAheadIsNotTornAndIsTrimmed) {
     EXPECT_EQ((*m)->data, make_message("z39", 3000)->data);
 }
 
+// The writer makes that space while it has nothing to commit, not in a client's commit:
+// after each commit, once the writer is idle, at least half of zero_ahead lies ahead of
+// the records (without the idle refill it shrinks to nothing before the next fill).
+TEST_F(SpoolTest, IdleWriterMakesSpaceAheadOffTheCommitPath) {
+    auto o = options();
+    o.zero_ahead = 64 * 1024;
+    auto s = open(o);
+    for (int i = 0; i < 40; ++i) {
+        ASSERT_EQ(commit_one(*s, make_message("idle" + std::to_string(i), 3000)),
+                  CommitStatus::ok);
+        const std::string seg = segment_files(dir_).at(0);
+        const std::uint64_t want = s->stats().bytes + o.zero_ahead / 2;
+        auto until = std::chrono::steady_clock::now() + 5s;
+        while (fs::file_size(seg) < want && std::chrono::steady_clock::now() < until) {
+            std::this_thread::sleep_for(1ms);
+        }
+        ASSERT_GE(fs::file_size(seg), want) << "after commit " << i;
+    }
+}
+
 // Zero-filling ahead is best effort and never spends the space kept free: with less than
 // min_free + 4 x zero_ahead available, segments only grow by their records.
 TEST_F(SpoolTest, NoZeroFillWhenSpaceIsShort) {
