@@ -170,7 +170,7 @@ const Key<Config> config_keys[] = {
         [](Config& c, const Value& v) { c.spool.min_free = v.u; }},
     {"spool", "syncs_in_flight", Kind::integer, "1", 1, 16, "", "group-commit batches in fdatasync at once (1: fewest fsyncs; more: lower latency)",
         [](Config& c, const Value& v) { c.spool.syncs_in_flight = static_cast<std::uint32_t>(v.i); }},
-    {"spool", "commit_delay", Kind::duration, "1ms", 0, 100, "", "how long a commit may wait for the commits of other sessions already in a transaction, to share one fdatasync; 0: never wait",
+    {"spool", "commit_delay", Kind::duration, "1ms", 0, 100, "", "how long a commit may wait for the commits of other sessions already in a transaction, to share one fdatasync; \"0ms\": never wait",
         [](Config& c, const Value& v) { c.spool.commit_delay = v.d; }},
 
     {"control", "socket", Kind::path, "/run/sluice/control.sock", 0, 0, "", "Unix socket of sluicectl",
