@@ -819,6 +819,7 @@ struct Spool::Impl {
     // Waits for work and takes the next batch (FIFO: an outcome record never overtakes the
     // message it is about). Returns false when stopped and drained.
     bool next_batch(std::vector<Item>& batch) {
+        bool space_checked = false;
         std::unique_lock lk(q_mu);
         while (true) {
             if (urgent > 0 && !stopping && waits_for_company()) {
@@ -833,9 +834,13 @@ struct Spool::Impl {
             if (stopping) {
                 return false;
             }
-            if (space_runs_low()) {
+            if (!space_checked) {
+                // Nothing urgent: a moment to make space ahead (write_mu, not under q_mu).
+                space_checked = true;
                 lk.unlock();
-                prepare_space();
+                if (space_runs_low()) {
+                    prepare_space();
+                }
                 lk.lock();
                 continue;
             }
@@ -1119,7 +1124,7 @@ struct Spool::Impl {
         return true;
     }
 
-    // Writer thread, q_mu not held: less than half of `zero_ahead` is left zero-filled
+    // Writer thread (q_mu not held): less than half of `zero_ahead` is left zero-filled
     // beyond the records of the active segment.
     bool space_runs_low() {
         if (opts.zero_ahead == 0) {
