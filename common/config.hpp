@@ -112,6 +112,7 @@ struct Config {
         Millis shutdown_grace;
         Millis greeting_delay;               // input before the greeting: early talker (554)
         std::uint32_t outbound_connections;  // concurrent connections per next hop
+        std::uint64_t outbound_queue_memory;  // message data waiting in memory per next hop
     } limits;
 
     RelayConfig relay;

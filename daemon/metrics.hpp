@@ -47,6 +47,10 @@ struct ShardMetrics {
     std::array<std::array<Counter, static_cast<std::size_t>(ConnResult::count_)>, kMaxListeners>
         connections;
     Gauge sessions_active;
+    // Message data held in memory by next-hop queues, and jobs waiting on disk behind them
+    // (Outbound: limits.outbound_queue_memory).
+    Gauge outbound_queued_bytes;
+    Gauge outbound_overflow;
     std::array<Counter, kDecisionCodes> decisions;
     std::array<Counter, static_cast<std::size_t>(MsgResult::count_)> messages;
     std::array<Counter, static_cast<std::size_t>(DeliveryResult::count_)> deliveries;

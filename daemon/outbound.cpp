@@ -16,6 +16,7 @@ namespace {
 
 // Messages waiting for a connection to one next hop before new ones wait on disk instead.
 constexpr std::size_t kMaxQueuedPerHop = 2000;
+constexpr std::chrono::seconds kBusyRecheck{5};  // a due message with deliveries in flight
 // Read buffer of one outbound connection (there are few of them).
 constexpr std::size_t kLinkBuffer = 16 * 1024;
 // How long a starttls=optional hop whose handshake failed is sent to in plaintext before
@@ -103,8 +104,7 @@ class Outbound::Link {
                ((jobs_.empty() &&
                  (client_.state() == smtp::Client::State::connecting || client_.reusable())) ||
                 client_.can_pipeline())) {
-            jobs_.push_back(std::move(hop_.queue.front()));
-            hop_.queue.pop_front();
+            jobs_.push_back(ob_.dequeue(hop_));
             const Job& job = jobs_.back();
             smtp::OutboundMessage m;
             m.sender = job.msg->sender;
@@ -113,7 +113,7 @@ class Outbound::Link {
             }
             m.data = job.msg->data;
             if (!client_.send_message(m)) {
-                hop_.queue.push_front(std::move(jobs_.back()));
+                ob_.enqueue(hop_, std::move(jobs_.back()), true);
                 jobs_.pop_back();
                 return;
             }
@@ -564,16 +564,116 @@ void Outbound::route(const std::shared_ptr<const storage::Message>& msg,
             continue;
         }
         Hop& hop = hop_for(key, t);
-        if (hop.queue.size() >= kMaxQueuedPerHop) {
-            // The next hop is slower than the inflow: keep the data on disk, not in memory.
-            if (--active_[msg->id] == 0) {
-                active_.erase(msg->id);
-            }
-            schedule(msg->id, std::chrono::system_clock::now() + std::chrono::seconds(1));
+        if (!hop.overflow.empty() || !has_room(hop, msg->data.size())) {
+            // The next hop is slower than the inflow: the data waits on disk, in line
+            // (it still counts in active_: nothing else may route these recipients).
+            hop.overflow.push_back({msg->id, std::move(job.rcpts), std::move(job.attempts),
+                                    std::move(job.session)});
+            shard_.metrics().outbound_overflow.add(1);
             continue;
         }
-        hop.queue.push_back(std::move(job));
+        enqueue(hop, std::move(job), false);
         pump(hop);
+    }
+}
+
+bool Outbound::has_room(const Hop& hop, std::uint64_t bytes) const {
+    const auto& cfg = *shard_.snapshot()->config;
+    std::uint64_t cap = std::max<std::uint64_t>(
+        1, cfg.limits.outbound_queue_memory / std::max<std::uint32_t>(1, cfg.server.shards));
+    // One message always fits, however large: a queue never stalls for its size.
+    return hop.queue.size() < kMaxQueuedPerHop &&
+           (hop.queue.empty() || hop.queued_bytes + bytes <= cap);
+}
+
+void Outbound::enqueue(Hop& hop, Job job, bool front) {
+    hop.queued_bytes += job.msg->data.size();
+    shard_.metrics().outbound_queued_bytes.add(static_cast<std::int64_t>(job.msg->data.size()));
+    if (front) {
+        hop.queue.push_front(std::move(job));
+    } else {
+        hop.queue.push_back(std::move(job));
+    }
+}
+
+Outbound::Job Outbound::dequeue(Hop& hop) {
+    Job job = std::move(hop.queue.front());
+    hop.queue.pop_front();
+    hop.queued_bytes -= job.msg->data.size();
+    shard_.metrics().outbound_queued_bytes.add(-static_cast<std::int64_t>(job.msg->data.size()));
+    read_back(hop);
+    return job;
+}
+
+namespace {
+
+struct ReadBackJob {
+    uv_work_t req{};
+    Outbound* ob = nullptr;
+    storage::Spool* spool = nullptr;
+    std::string hop;
+    Outbound::Overflow job;
+    std::unique_ptr<storage::Message> msg;  // null: deleted or held meanwhile
+};
+
+}  // namespace
+
+// Overflow jobs come back into the queue as it drains, in order, a few reads at a time,
+// while the queue is below half of its limits (counting the reads in flight).
+void Outbound::read_back(Hop& hop) {
+    constexpr std::size_t kReadsInFlight = 4;
+    const auto& cfg = *shard_.snapshot()->config;
+    const std::uint64_t half =
+        cfg.limits.outbound_queue_memory / std::max<std::uint32_t>(1, cfg.server.shards) / 2;
+    while (!draining_ && !hop.overflow.empty() && hop.reading_back < kReadsInFlight &&
+           hop.queue.size() + hop.reading_back < kMaxQueuedPerHop / 2 &&
+           (hop.queue.empty() || hop.queued_bytes < half)) {
+        auto* job = new ReadBackJob;
+        job->req.data = job;
+        job->ob = this;
+        job->spool = &spool_;
+        job->hop = hop_key(hop.transport);
+        job->job = std::move(hop.overflow.front());
+        hop.overflow.pop_front();
+        shard_.metrics().outbound_overflow.add(-1);
+        ++hop.reading_back;
+        ++loads_;
+        shard_.work_started();
+        uv_queue_work(
+            shard_.loop(), &job->req,
+            [](uv_work_t* r) {
+                // Reading a message back is blocking I/O: the thread pool does it.
+                auto* j = static_cast<ReadBackJob*>(r->data);
+                auto entry = j->spool->entry(j->job.id);
+                if (entry && !entry->held) {
+                    auto m = j->spool->load(j->job.id);
+                    if (m.ok()) {
+                        j->msg = std::move(*m);
+                    }
+                }
+            },
+            [](uv_work_t* r, int) {
+                std::unique_ptr<ReadBackJob> j(static_cast<ReadBackJob*>(r->data));
+                Outbound& ob = *j->ob;
+                Hop& hop = ob.hops_.at(j->hop);
+                --hop.reading_back;
+                --ob.loads_;
+                if (j->msg && !ob.draining_) {
+                    Job job;
+                    job.msg = std::shared_ptr<const storage::Message>(std::move(j->msg));
+                    job.rcpts = std::move(j->job.rcpts);
+                    job.attempts = std::move(j->job.attempts);
+                    job.session = std::move(j->job.session);
+                    ob.enqueue(hop, std::move(job), false);
+                    ob.pump(hop);
+                } else if (--ob.active_[j->job.id] == 0) {
+                    // Deleted or held meanwhile (`queue release` schedules it again), or
+                    // shutting down (it is read again after the restart).
+                    ob.active_.erase(j->job.id);
+                }
+                ob.read_back(hop);
+                ob.shard_.work_finished();
+            });
     }
 }
 
@@ -715,7 +815,7 @@ void Outbound::deliver_inline(std::shared_ptr<const storage::Message> msg, std::
     for (auto& [key, job] : by_hop) {
         job.inline_state = state;
         Hop& hop = hop_for(key, msg->recipients[job.rcpts.front()].transport);
-        hop.queue.push_front(std::move(job));  // a client is waiting: first in line
+        enqueue(hop, std::move(job), true);  // a client is waiting: first in line
         pump(hop);
     }
 }
@@ -891,6 +991,10 @@ void Outbound::tick(SysTime now) {
         due_.pop();
         if (active_.count(id) == 0) {
             load(id);
+        } else {
+            // Other recipients of it are on their way: look again once their outcomes are
+            // on record (reading it now could route them a second time).
+            schedule(id, now + kBusyRecheck);
         }
     }
 }
@@ -973,6 +1077,10 @@ void Outbound::drain() {
             }
         }
         hop.queue.clear();
+        shard_.metrics().outbound_queued_bytes.add(-static_cast<std::int64_t>(hop.queued_bytes));
+        hop.queued_bytes = 0;
+        shard_.metrics().outbound_overflow.add(-static_cast<std::int64_t>(hop.overflow.size()));
+        hop.overflow.clear();  // on disk: read again after the restart
         auto links = hop.links;
         for (auto* l : links) {
             l->close();

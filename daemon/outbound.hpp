@@ -7,8 +7,11 @@
 // from `spool.retry`, or failed, in which case the sender gets an RFC 3464 DSN (never for
 // the null sender, so bounces never loop).
 //
-// Memory stays bounded when a next hop is slow or down: only messages being delivered
-// keep their data in memory; everything else waits on disk and is read back when due.
+// Memory stays bounded when a next hop is slow or down: a next hop's queue keeps at most
+// `limits.outbound_queue_memory` of message data (and kMaxQueuedPerHop messages) in
+// memory; what comes beyond waits on disk as an id and its recipients (an overflow list,
+// in order) and is read back as the queue drains, so the backlog still goes out at full
+// speed when the next hop catches up. Retries wait on disk and are read back when due.
 //
 // Trust: next hops are internal but still untrusted peers (their replies are parsed by
 // the client with limits); routes come from the config snapshot.
@@ -83,6 +86,13 @@ class Outbound {
     std::size_t busy() const { return links_ + loads_; }
 
     class Link;
+    // A job that found its hop's queue full: the message data stays on disk.
+    struct Overflow {
+        storage::QueueId id;
+        std::vector<std::size_t> rcpts;
+        std::vector<unsigned> attempts;
+        std::string session;
+    };
 
   private:
     struct InlineState {
@@ -103,6 +113,9 @@ class Outbound {
         std::string key;  // "127.0.0.1:2526" (the relay= of log lines)
         Transport transport;
         std::deque<Job> queue;
+        std::uint64_t queued_bytes = 0;  // message data held by `queue`
+        std::deque<Overflow> overflow;   // after `queue`, in order (each counts in active_)
+        std::size_t reading_back = 0;    // overflow jobs being read from the spool
         std::set<Link*> links;
         // The last TLS session and the client config it was made with: resumed only with
         // that same config (a new CA file must not inherit an old verification).
@@ -131,6 +144,11 @@ class Outbound {
                const std::vector<std::size_t>& rcpts, const std::vector<unsigned>& attempts,
                const std::string& session);
     void deliver_local(Job job);
+    // Every job enters and leaves a hop's queue through these (they keep queued_bytes).
+    void enqueue(Hop& hop, Job job, bool front);
+    Job dequeue(Hop& hop);
+    bool has_room(const Hop& hop, std::uint64_t bytes) const;
+    void read_back(Hop& hop);
     void pump(Hop& hop);
     void finished(Job& job, const std::vector<smtp::RecipientResult>& results,
                   const std::string& relay);

@@ -204,6 +204,8 @@ Totals collect(const std::vector<const ShardMetrics*>& shards, const ServerNumbe
             }
         }
         t.sessions_active += m->sessions_active.get();
+        t.outbound_queued_bytes += m->outbound_queued_bytes.get();
+        t.outbound_overflow += m->outbound_overflow.get();
         for (std::size_t i = 0; i < kDecisionCodes; ++i) {
             t.decisions[i] += m->decisions[i].get();
         }
@@ -295,6 +297,13 @@ std::string render_prometheus(const Totals& t) {
     w.sample("sluice_spool_commit_seconds_total", "",
              number(static_cast<double>(t.server.spool_commit_ns) / 1e9));
 
+    w.family("sluice_outbound_queued_bytes", "gauge",
+             "Message data held in memory for next hops (limits.outbound_queue_memory).");
+    w.sample("sluice_outbound_queued_bytes", "", std::to_string(t.outbound_queued_bytes));
+    w.family("sluice_outbound_overflow_messages", "gauge",
+             "Deliveries waiting on disk because their next hop's queue was full.");
+    w.sample("sluice_outbound_overflow_messages", "", std::to_string(t.outbound_overflow));
+
     w.family("sluice_deliveries_total", "counter", "Delivery attempts per recipient, by result.");
     by_result<DeliveryResult>(w, "sluice_deliveries_total", t.deliveries);
 
@@ -344,6 +353,7 @@ nlohmann::json to_json(const Totals& t) {
                   {"fsyncs", t.server.spool_fsyncs},
                   {"commit_seconds", static_cast<double>(t.server.spool_commit_ns) / 1e9}};
     j["transactions_open"] = t.server.transactions_open;
+    j["outbound"] = {{"queued_bytes", t.outbound_queued_bytes}, {"overflow", t.outbound_overflow}};
     j["deliveries"] = by_result_json<DeliveryResult>(t.deliveries);
     j["tls_handshakes"] = by_result_json<TlsResult>(t.tls_handshakes);
     j["tls_out_handshakes"] = by_result_json<TlsResult>(t.tls_out_handshakes);

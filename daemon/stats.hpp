@@ -62,6 +62,8 @@ using ByResult = std::array<std::uint64_t, static_cast<std::size_t>(E::count_)>;
 struct Totals {
     std::map<std::string, ByResult<ConnResult>> connections;  // by listener name
     std::int64_t sessions_active = 0;
+    std::int64_t outbound_queued_bytes = 0;
+    std::int64_t outbound_overflow = 0;
     std::array<std::uint64_t, kDecisionCodes> decisions{};  // by policy::Code
     ByResult<MsgResult> messages{};
     ByResult<DeliveryResult> deliveries{};

@@ -55,13 +55,17 @@ class NextHop:
             self.controller = None
 
 
-class NaglingNextHop:
-    """A next hop that answers pipelined commands one write per reply with Nagle's
-    algorithm on (no TCP_NODELAY), as some SMTP servers do. Counts messages."""
+class RawNextHop:
+    """A next hop on plain sockets that answers pipelined commands one write per reply
+    with Nagle's algorithm on (no TCP_NODELAY), as some SMTP servers do. With a `gate`
+    (threading.Event) it greets no connection before the gate opens. Counts messages and
+    keeps their Subject lines."""
 
-    def __init__(self, port):
+    def __init__(self, port, gate=None):
         self.port = port
+        self.gate = gate
         self.messages = 0
+        self.subjects = []
         self.lock = threading.Lock()
         self.sock = None
 
@@ -88,6 +92,8 @@ class NaglingNextHop:
 
     def _serve(self, conn):
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        if self.gate is not None:
+            self.gate.wait()
         with conn, conn.makefile("rb") as f:
             conn.sendall(b"220 nagle.test ESMTP\r\n")
             for line in f:
@@ -96,11 +102,15 @@ class NaglingNextHop:
                     conn.sendall(b"250-nagle.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
                 elif verb == b"DATA":
                     conn.sendall(b"354 go on\r\n")
+                    subject = None
                     for body in f:
                         if body == b".\r\n":
                             break
+                        if subject is None and body.startswith(b"Subject: "):
+                            subject = body[9:].strip().decode()
                     with self.lock:
                         self.messages += 1
+                        self.subjects.append(subject)
                     conn.sendall(b"250 2.0.0 kept\r\n")
                 elif verb == b"QUIT":
                     conn.sendall(b"221 bye\r\n")

@@ -9,7 +9,7 @@ import threading
 import time
 
 from harness import SLUICECTL, Daemon, Raw, code, free_port, wait_for
-from nexthop import NaglingNextHop, NextHop
+from nexthop import NextHop, RawNextHop
 
 
 def forwarding_daemon(hop_port, extra_routes="", limits="", spool="", query=""):
@@ -251,7 +251,7 @@ def test_a_next_hop_that_nagles_its_replies_does_not_stall_the_link():
     waits until the previous is acknowledged, so an ACK delayed by the kernel (40 ms) would
     stall every message. In-line mode makes each message wait for the next hop: 40
     messages take about 40 x 40 ms if the link delays its ACKs, a few ms each if not."""
-    hop = NaglingNextHop(free_port()).start()
+    hop = RawNextHop(free_port()).start()
     try:
         with forwarding_daemon(hop.port, query="?inline=true") as d:
             with smtplib.SMTP("127.0.0.1", d.port) as s:
@@ -263,4 +263,38 @@ def test_a_next_hop_that_nagles_its_replies_does_not_stall_the_link():
             assert hop.messages == 40
             assert took < 0.8, f"40 in-line messages took {took:.2f}s"
     finally:
+        hop.stop()
+
+
+def test_a_slow_next_hop_keeps_queued_data_on_disk_and_all_of_it_arrives_once():
+    """limits.outbound_queue_memory bounds the message data waiting in memory for a next
+    hop that does not keep up; the rest waits on disk (in order) and is read back as the
+    queue drains. 30 messages of 20 KB against a 64 KiB bound while the hop is stuck."""
+    gate = threading.Event()
+    hop = RawNextHop(free_port(), gate=gate).start()
+    size = 20_000
+    try:
+        d = forwarding_daemon(hop.port, limits='outbound_connections = 1\n'
+                                               'outbound_queue_memory = "64KiB"')
+        with d.enable_stats():
+            with smtplib.SMTP("127.0.0.1", d.port) as s:
+                s.ehlo("client.test")
+                for i in range(30):
+                    s.sendmail("a@outside.test", ["user@example.test"],
+                               f"Subject: m{i}\r\n\r\n" + ("x" * 98 + "\r\n") * (size // 100))
+
+            def gauge(name):
+                return d.metrics()[0][(name, frozenset())]
+
+            assert wait_for(lambda: gauge("sluice_outbound_overflow_messages") > 0)
+            # At most the bound over both shards, plus one message each (one always fits).
+            assert gauge("sluice_outbound_queued_bytes") <= 64 * 1024 + 2 * (size + 2000)
+            gate.set()
+            assert wait_for(lambda: hop.messages == 30)
+            assert sorted(hop.subjects) == sorted(f"m{i}" for i in range(30))
+            assert wait_for(lambda: gauge("sluice_outbound_overflow_messages") == 0)
+            assert gauge("sluice_outbound_queued_bytes") == 0
+            assert wait_for(lambda: len(d.log_lines("delivered")) == 30)
+    finally:
+        gate.set()
         hop.stop()
