@@ -44,6 +44,7 @@ class LmdbShardMaps final : public ShardMaps {
         uv_work_t req{};
         LmdbShardMaps* self = nullptr;
         Shard* shard = nullptr;
+        std::shared_ptr<const Config> config;  // the shard's, for the open-relay lint
         storage::MapReader::PendingPtr pending;
     };
 
@@ -57,13 +58,16 @@ class LmdbShardMaps final : public ShardMaps {
         job->req.data = job;
         job->self = this;
         job->shard = &shard;
+        job->config = shard.snapshot()->config;
         job->pending = std::move(pending);
         loading_ = true;
         shard.work_started();
         uv_queue_work(
             shard.loop(), &job->req,
             [](uv_work_t* r) {
-                storage::MapReader::load(*static_cast<LoadJob*>(r->data)->pending);
+                auto* j = static_cast<LoadJob*>(r->data);
+                storage::MapReader::load(*j->pending);
+                vet(*j->config, *j->pending);
             },
             [](uv_work_t* r, int) {
                 std::unique_ptr<LoadJob> j(static_cast<LoadJob*>(r->data));
@@ -78,6 +82,27 @@ class LmdbShardMaps final : public ShardMaps {
                 }
                 j->shard->work_finished();
             });
+    }
+
+    // A live edit (`sluicectl map add`, a file copied in) must not open what --check, a
+    // reload and the start-up refuse, e.g. a privileged network of 0.0.0.0/0.
+    static void vet(const Config& config, storage::MapReader::Pending& pending) {
+        for (policy::MapId map : storage::MapReader::loaded(pending)) {
+            if (map != policy::MapId::privileged_networks &&
+                map != policy::MapId::connection_filter) {
+                continue;
+            }
+            auto entries = storage::MapReader::loaded_entries(pending, map);
+            if (!entries.ok()) {
+                storage::MapReader::reject(pending, map, entries.error().message);
+                continue;
+            }
+            auto errors = storage::lint_map_contents(config, map, *entries);
+            if (!errors.empty()) {
+                storage::MapReader::reject(pending, map, "refused by the open-relay check: " +
+                                                             errors.front().str());
+            }
+        }
     }
 
     void run_waiting() {

@@ -56,4 +56,32 @@ std::vector<Diagnostic> check_maps(const Config& cfg, const std::vector<Diagnost
     return diags;
 }
 
+std::vector<Diagnostic> lint_map_contents(const Config& cfg, MapId map,
+                                          const std::vector<MapEntry>& entries) {
+    policy::LintMaps lint_maps;
+    std::vector<policy::LintEntry>* into = nullptr;
+    if (map == MapId::privileged_networks) {
+        into = &lint_maps.privileged_networks;
+        lint_maps.privileged_networks_path = map_path(cfg.maps.dir, map);
+    } else if (map == MapId::connection_filter) {
+        into = &lint_maps.connection_filter;
+        lint_maps.connection_filter_path = map_path(cfg.maps.dir, map);
+    } else {
+        return {};
+    }
+    for (const auto& e : entries) {
+        into->push_back({e.key, e.value, e.source});
+    }
+    // Only what the lint says about this map's entries: the config's own problems were
+    // refused when it loaded, and the other map is not changing.
+    const std::string prefix = std::string(map_file_name(map)) + ": ";
+    std::vector<Diagnostic> errors;
+    for (auto& d : policy::lint(cfg, lint_maps)) {
+        if (d.severity == Diagnostic::Severity::error && d.message.rfind(prefix, 0) == 0) {
+            errors.push_back(std::move(d));
+        }
+    }
+    return errors;
+}
+
 }  // namespace sluice::storage

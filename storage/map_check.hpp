@@ -9,6 +9,7 @@
 
 #include "common/config.hpp"
 #include "policy/maps.hpp"
+#include "storage/map_source.hpp"
 
 namespace sluice::storage {
 
@@ -26,5 +27,13 @@ std::vector<Diagnostic> check_maps(const Config& config,
                                    const std::vector<Diagnostic>& already = {},
                                    UnreadableMap unreadable = UnreadableMap::error,
                                    const std::set<policy::MapId>& unchanged = {});
+
+// The open-relay lint's errors about `entries` as the new contents of `map` (only
+// privileged_networks and connection_filter are linted; others give none). Every way a
+// map changes goes through it: `map build` and `map add` refuse to publish such a map,
+// and a running daemon refuses to switch to one (the old generation keeps serving),
+// exactly as `--check`, a reload and the start-up refuse it.
+std::vector<Diagnostic> lint_map_contents(const Config& config, policy::MapId map,
+                                          const std::vector<MapEntry>& entries);
 
 }  // namespace sluice::storage

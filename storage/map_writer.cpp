@@ -247,6 +247,8 @@ Error write_file(const std::string& path, MapId map, const Prepared& p, std::siz
 
 std::atomic<unsigned> tmp_counter{0};
 
+}  // namespace
+
 // Reads every entry of an opened generation.
 Result<std::vector<MapEntry>> list_generation(Generation& g) {
     std::vector<MapEntry> out;
@@ -289,7 +291,6 @@ Result<std::vector<MapEntry>> list_generation(Generation& g) {
     return out;
 }
 
-}  // namespace
 
 std::string map_path(const std::string& dir, MapId map) {
     return dir + "/" + std::string(map_file_name(map)) + ".mdb";

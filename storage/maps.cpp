@@ -127,6 +127,33 @@ void MapReader::load(Pending& p) {
     }
 }
 
+std::vector<MapId> MapReader::loaded(const Pending& p) {
+    std::vector<MapId> out;
+    for (const auto& c : p.candidates) {
+        if (c.loaded.ok()) {
+            out.push_back(c.map);
+        }
+    }
+    return out;
+}
+
+Result<std::vector<MapEntry>> MapReader::loaded_entries(Pending& p, MapId map) {
+    for (auto& c : p.candidates) {
+        if (c.map == map && c.loaded.ok()) {
+            return list_generation(**c.loaded);
+        }
+    }
+    return make_error(Errc::not_found, "no new generation loaded");
+}
+
+void MapReader::reject(Pending& p, MapId map, const std::string& why) {
+    for (auto& c : p.candidates) {
+        if (c.map == map) {
+            c.loaded = make_error(Errc::invalid, why);
+        }
+    }
+}
+
 MapReader::RefreshStats MapReader::install(PendingPtr p) const {
     RefreshStats stats;
     if (!p) {

@@ -95,6 +95,8 @@ struct MapContents {
 // Every entry of the published map (for `map list`, lint, and live edits). A missing
 // file is an empty map; a corrupt one is an error.
 Result<MapContents> read_map(const std::string& dir, MapId map);
+// Every entry of an opened generation (what read_map lists).
+Result<std::vector<MapEntry>> list_generation(format::Generation& g);
 
 enum class EditOutcome { added, replaced, removed, not_found };
 
@@ -171,6 +173,11 @@ class MapReader final : public policy::Maps {
     // Any thread; touches no reader state. The environments it opens are not tied to a
     // thread (MDB_NOTLS | MDB_NOLOCK, storage/map_format.hpp).
     static void load(Pending& p);
+    // After load(), for an owner that vets new contents: the maps whose new file loaded,
+    // and refusing one of them (install() logs it; the previous generation keeps serving).
+    static std::vector<MapId> loaded(const Pending& p);
+    static Result<std::vector<MapEntry>> loaded_entries(Pending& p, MapId map);
+    static void reject(Pending& p, MapId map, const std::string& why);
     // Owner thread: switches to what loaded, logs what was rejected (the previous
     // generation keeps serving). A file replaced again meanwhile is found by the next poll.
     RefreshStats install(PendingPtr p) const;

@@ -16,6 +16,7 @@
 #include "common/config.hpp"
 #include "common/json.hpp"
 #include "common/log.hpp"
+#include "storage/map_check.hpp"
 #include "storage/maps.hpp"
 #include "tools/ctl.hpp"
 
@@ -63,29 +64,52 @@ std::string entry_line(const std::string& key, const std::string& value) {
     return value.empty() ? key : key + " " + value;
 }
 
-// The maps directory from the config; prints the config's errors when it has any.
-std::optional<std::string> maps_dir(const Options& opts) {
+// The config (for the maps directory and the open-relay lint); prints its errors when it
+// has any.
+std::shared_ptr<const Config> maps_config(const Options& opts) {
     LoadResult r = load_config(opts.config_path);
     if (!r.ok()) {
         for (const auto& d : r.diagnostics) {
             std::cerr << d.str() << "\n";
         }
         fail("config " + opts.config_path + " has errors");
-        return std::nullopt;
+        return nullptr;
     }
-    return r.config->maps.dir;
+    return r.config;
+}
+
+// Refuses new contents of a map that the open-relay lint rejects (a privileged network
+// of 0.0.0.0/0...): the daemon would refuse to switch to them, and `--check` and the next
+// start-up would fail. Returns kOk or the exit code after printing every problem.
+int lint_before_publish(const Config& cfg, MapId map, const std::vector<storage::MapEntry>& entries) {
+    auto errors = storage::lint_map_contents(cfg, map, entries);
+    if (errors.empty()) {
+        return kOk;
+    }
+    for (const auto& d : errors) {
+        std::cerr << d.str() << "\n";
+    }
+    return fail("map " + std::string(storage::map_file_name(map)) +
+                    ": refused by the open-relay check; nothing published",
+                kProblem);
 }
 
 int usage_error(const std::string& message) {
     return fail(message + " (see: sluicectl map --help)");
 }
 
-int do_build(const std::string& dir, MapId map, const std::string& source) {
+int do_build(const Config& cfg, MapId map, const std::string& source) {
+    const std::string& dir = cfg.maps.dir;
     std::error_code ec;
     std::string path = fs::absolute(source, ec).lexically_normal().string();
     if (ec) {
         path = source;
     }
+    if (auto parsed = storage::parse_map_file(map, path); parsed.ok()) {
+        if (int rc = lint_before_publish(cfg, map, parsed.entries); rc != kOk) {
+            return rc;
+        }
+    }  // (a source with errors is refused, with every error, by build_map below)
     storage::BuildReport report = storage::build_map(dir, map, path);
     if (!report.diagnostics.empty()) {
         for (const auto& d : report.diagnostics) {
@@ -105,12 +129,30 @@ int do_build(const std::string& dir, MapId map, const std::string& source) {
     return kOk;
 }
 
-int do_add(const std::string& dir, MapId map, const Args& args) {
+int do_add(const Config& cfg, MapId map, const Args& args) {
+    const std::string& dir = cfg.maps.dir;
     std::string value;
     for (std::size_t i = 3; i < args.size(); ++i) {
         value += (i > 3 ? " " : "") + args[i];
     }
-    auto r = storage::add_map_entry(dir, map, args[2], value, "map add " + utc_timestamp());
+    const std::string source = "map add " + utc_timestamp();
+    std::string key_error;
+    if (auto key = storage::normalise_key(map, args[2], key_error)) {
+        auto current = storage::read_map(dir, map);
+        if (current.ok()) {
+            std::vector<storage::MapEntry> next;
+            for (auto& e : current->entries) {
+                if (e.key != *key) {
+                    next.push_back(std::move(e));
+                }
+            }
+            next.push_back({*key, value, source});
+            if (int rc = lint_before_publish(cfg, map, next); rc != kOk) {
+                return rc;
+            }
+        }
+    }  // (a bad key or an unreadable map is reported by add_map_entry below)
+    auto r = storage::add_map_entry(dir, map, args[2], value, source);
     if (!r.ok()) {
         return fail(r.error().message);
     }
@@ -233,17 +275,18 @@ int cmd_map(const Args& args, const Options& opts) {
     if (!map) {
         return usage_error("map: unknown map \"" + args[1] + "\"");
     }
-    auto dir = maps_dir(opts);
-    if (!dir) {
+    auto cfg = maps_config(opts);
+    if (!cfg) {
         return kUsage;
     }
+    const std::string* dir = &cfg->maps.dir;
     // The reader's own info lines (map_loaded) are noise on a terminal.
     set_log_level(Level::warn);
     if (sub == "build") {
-        return do_build(*dir, *map, args[2]);
+        return do_build(*cfg, *map, args[2]);
     }
     if (sub == "add") {
-        return do_add(*dir, *map, args);
+        return do_add(*cfg, *map, args);
     }
     if (sub == "del") {
         return do_del(*dir, *map, args[2]);

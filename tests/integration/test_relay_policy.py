@@ -161,3 +161,37 @@ def test_log_report_counts_real_traffic():
         assert counts.get("L101") == 2, text
         assert counts.get("D111") == 2, text
         assert counts.get("D113") == 1, text
+
+
+def test_live_map_edits_never_open_what_the_check_refuses():
+    """A privileged network of 0.0.0.0/0 is refused by --check, a reload and the start-up;
+    a live edit must not open it either: `map add` and `map build` refuse to publish it,
+    and a file published behind the daemon's back (here by a config that does not use the
+    map, so the lint only warns) is not switched to: the old generation keeps serving."""
+    extra = '\n[relay]\nprivileged_networks = true\n'
+    d = Daemon(extra=extra)
+    d.config.write_text(d.config.read_text().replace('"example.test" = "maildir:maildir"',
+                                                     '"example.test" = "maildir:maildir"\n"*" = "maildir:outbound"'))
+    with d:
+        build_map(d, "privileged_networks", "192.0.2.0/24 lab\n")
+        assert eventually(lambda: len([l for l in d.log_lines("map_loaded")
+                                       if "map=privileged_networks" in l]) >= 2, True)
+        r = ctl(d, "map", "add", "privileged_networks", "0.0.0.0/0", "all")
+        assert r.returncode == 1 and "is /0, everybody" in r.stderr, r.stdout + r.stderr
+        src = d.dir / "wide.txt"
+        src.write_text("0.0.0.0/1 half\n128.0.0.0/1 other-half\n")
+        r = ctl(d, "map", "build", "privileged_networks", str(src))
+        assert r.returncode == 1 and "wide.txt:1" in r.stderr, r.stdout + r.stderr
+        assert "192.0.2.0/24" in ctl(d, "map", "list", "privileged_networks").stdout
+
+        other = d.dir / "other.toml"
+        other.write_text(d.config.read_text().replace("privileged_networks = true",
+                                                      "privileged_networks = false"))
+        r = subprocess.run([SLUICECTL, "--config", str(other), "map", "add",
+                            "privileged_networks", "0.0.0.0/0", "all"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert eventually(lambda: any("map=privileged_networks" in l
+                                      for l in d.log_lines("map_rejected")), True)
+        assert code(rcpt(d, "someone@elsewhere.test")) == "554 5.7.1"
+        assert not [l for l in d.log_lines("rcpt") if "code=G107" in l]
