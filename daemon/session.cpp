@@ -895,6 +895,9 @@ void Session::log_decision(std::string_view event, const policy::Decision& d, st
     if (!to.empty()) {
         line.kv("to", to);
     }
+    if (!auth_user_.empty()) {
+        line.kv("user", auth_user_);  // the principal (G108, and log-report's grants by user)
+    }
     line.kv("listener", p_.listener->name).kv("gen", p_.snapshot->generation);
     if (!d.rule.empty()) {
         line.kv("rule", d.rule);

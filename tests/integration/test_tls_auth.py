@@ -137,6 +137,7 @@ def test_auth_relays_only_after_login(tmp_path):
         assert b"(authenticated as alice)" in raw and b"with ESMTPSA" in raw
         granted = [l for l in d.log_lines("rcpt") if "code=G108" in l]
         assert len(granted) == 1
+        assert " user=alice " in granted[0]  # the principal, for log-report and purge
         assert "correct horse" not in d.log() and "wrong" not in d.log()
         # LOGIN works too, on the implicit-TLS port.
         with smtplib.SMTP_SSL("127.0.0.1", d.imp_port, context=context(d.certs)) as s:
