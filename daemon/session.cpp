@@ -497,6 +497,16 @@ void Session::on_rcpt(const Command& c) {
     }
     auto parsed = policy::parse_path(c.arg, false, tx_.smtputf8);
     if (!parsed.ok()) {
+        if (parsed.error == policy::PathError::syntax) {
+            if (auto d = policy::unparsable_routing(c.arg)) {
+                auto close = c.arg.find('>');
+                log_decision("rcpt", *d, angle(tx_.sender->str()),
+                             c.arg.substr(0, close == std::string_view::npos ? c.arg.size()
+                                                                             : close + 1));
+                reply_decision(*d);
+                return;
+            }
+        }
         reply(policy::path_error_reply(parsed.error, false));
         return;
     }

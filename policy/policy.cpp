@@ -303,6 +303,36 @@ std::optional<Decision> routing_trick(const Address& rcpt) {
     return std::nullopt;
 }
 
+}  // namespace
+
+std::optional<Decision> unparsable_routing(std::string_view path) {
+    auto close = path.find('>');
+    std::string_view inner = path.substr(1, close == std::string_view::npos ? std::string_view::npos
+                                                                            : close - 1);
+    std::string_view what;
+    if (!inner.empty() && inner.front() == '@') {
+        what = "source route";
+    } else if (std::count(inner.begin(), inner.end(), '@') > 1) {
+        what = "second @";
+    } else if (inner.find('%') != std::string_view::npos) {
+        what = "percent hack";
+    } else if (inner.find('!') != std::string_view::npos) {
+        what = "bang path";
+    } else if (inner.find('"') != std::string_view::npos) {
+        what = "quoted local part";
+    } else if (inner.find('[') != std::string_view::npos) {
+        what = "IP literal";
+    } else {
+        return std::nullopt;
+    }
+    return make(Verdict::reject, Code::D113, Reply::routing_syntax,
+                "routing: " + std::string(what), std::string(kBuiltIn),
+                "unparsable recipient path with a relay trick's marks (" + std::string(what) +
+                    "), refused");
+}
+
+namespace {
+
 bool is_postmaster(std::string_view local) {
     return keyword_is(local, "POSTMASTER");
 }

@@ -123,6 +123,13 @@ Decision decide_mail(const Facts& facts, const Address& sender, const Rules& rul
 Decision decide_rcpt(const Facts& facts, const Address& sender, const Address& rcpt,
                      const Rules& rules, const Maps& maps);
 
+// A recipient path that does not even parse (RFC 5321 §4.1.2) but carries the marks of a
+// relay trick: a second '@', '%', '!', a source route, a quoted local part, an address
+// literal. D113 with 501 5.1.3, so that the attempt is on record (log, metric,
+// log-report) like every decided one; nullopt for a path that is merely malformed.
+// `path` is the RCPT argument from its '<'.
+std::optional<Decision> unparsable_routing(std::string_view path);
+
 // connect, MAIL and RCPT in turn: the first decision that is not an accept, else the
 // RCPT decision. For `sluicectl explain`.
 Decision decide_envelope(const Facts& facts, const Address& sender, const Address& rcpt,

@@ -195,3 +195,21 @@ def test_live_map_edits_never_open_what_the_check_refuses():
                                       for l in d.log_lines("map_rejected")), True)
         assert code(rcpt(d, "someone@elsewhere.test")) == "554 5.7.1"
         assert not [l for l in d.log_lines("rcpt") if "code=G107" in l]
+
+
+def test_unparsable_relay_tricks_are_decisions_on_record():
+    """Paths that do not even parse but carry a relay trick's marks get 501 5.1.3 AND a
+    D113 decision line (log-report and the metric see the attempt); a path that is merely
+    malformed gets its 501 without a decision."""
+    d = Daemon()
+    with d:
+        tricks = ["user@example.test@elsewhere.test", "a%b@[2130706433]", "@[127.0.0.1]:x@y",
+                  "host!user", '"a@b"']
+        for t in tricks:
+            assert code(rcpt(d, t)) == "501 5.1.3", t
+        assert code(rcpt(d, "no-at-sign-at-all.")) == "501 5.1.3"
+        lines = [l for l in d.log_lines("rcpt") if "code=D113" in l]
+        assert len(lines) == len(tricks), "\n".join(d.log_lines("rcpt"))
+        for t in tricks:
+            assert any(t.replace('"', '\\"') in l for l in lines), t
+        assert not [l for l in d.log_lines("rcpt") if "no-at-sign-at-all" in l]

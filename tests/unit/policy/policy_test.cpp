@@ -596,3 +596,20 @@ local = ["Example.TEST."]
     EXPECT_EQ(d.code, Code::G107);
     EXPECT_EQ(d.source, "pn.txt:1");
 }
+
+// Paths that do not parse: the marks of a relay trick make a D113 decision (501 5.1.3),
+// anything else stays a plain syntax error (no decision).
+TEST(UnparsableRouting, TrickMarksAreD113) {
+    for (std::string_view path :
+         {"<@a.test,@b.test:user@c.test>", "<user@example.test@elsewhere.test>",
+          "<a%b@[2130706433]>", "<host!user>", "<\"a@b\">", "<user@[127.1]>"}) {
+        auto d = unparsable_routing(path);
+        ASSERT_TRUE(d.has_value()) << path;
+        EXPECT_EQ(d->code, Code::D113) << path;
+        EXPECT_EQ(d->verdict, Verdict::reject) << path;
+        EXPECT_EQ(d->reply, Reply::routing_syntax) << path;  // 501 5.1.3
+    }
+    for (std::string_view path : {"<no-at-sign.>", "<user@exa mple.test>", "<user@-bad-.test>"}) {
+        EXPECT_FALSE(unparsable_routing(path).has_value()) << path;
+    }
+}
