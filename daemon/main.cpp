@@ -75,8 +75,14 @@ int main(int argc, char** argv) {
     }
     bool errors = !loaded.ok();
     for (const auto& d : diagnostics) {
-        errors = errors || d.severity == Diagnostic::Severity::error;
-        std::cerr << d.str() << "\n";
+        bool error = d.severity == Diagnostic::Severity::error;
+        errors = errors || error;
+        if (check) {
+            std::cerr << d.str() << "\n";
+        } else {
+            // The daemon's stderr is its log: one key=value line per problem (PRODUCT.md §6).
+            LogLine(error ? Level::error : Level::warn, "config").kv("problem", d.str());
+        }
     }
     if (check || errors) {
         if (check && !errors) {

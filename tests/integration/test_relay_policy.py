@@ -142,6 +142,10 @@ def test_corrupt_map_fails_closed_never_opens():
         assert code(rcpt(d2, "someone@elsewhere.test")) == "554 5.7.1"
         assert any("code=T140" in l for l in d2.log_lines("rcpt"))
         assert d2.messages() == []
+        # The start-up warning about it is a log line like every other (key=value).
+        warned = [l for l in d2.log_lines("config") if "local_addresses" in l]
+        assert warned and " lvl=warn " in warned[0] and "problem=" in warned[0]
+        assert all(l.startswith("ts=") for l in d2.log().splitlines() if l.strip())
 
 
 def test_log_report_counts_real_traffic():
