@@ -379,8 +379,9 @@ Decision local_recipient(const Maps& maps, const Address& rcpt, const Hit& dom) 
             Verdict::accept, Code::L101, Reply::recipient_local, wide.rule, wide.source,
             "local domain " + rcpt.domain + " (" + dom.rule + ") has no address list: domain-wide");
     }
+    // Its source: where the domain was made local (the address list has no line for it).
     return make(Verdict::reject, Code::L103, Reply::unknown_user, "map local_addresses",
-                std::string(kBuiltIn),
+                dom.source.empty() ? std::string(kBuiltIn) : dom.source,
                 "unknown address " + addr + " at local domain " + rcpt.domain + ", no catch_all");
 }
 
@@ -453,8 +454,9 @@ Decision relay(const Facts& f, const Address& sender, const Address& rcpt, const
     if (tried.empty()) {
         tried = "no relay criterion is enabled";
     }
-    return make(Verdict::reject, Code::D111, Reply::relay_denied, "relay", std::string(kBuiltIn),
-                "relay to " + to + " denied: " + tried);
+    // Its source: the relay settings (where relaying was enabled, or "default").
+    return make(Verdict::reject, Code::D111, Reply::relay_denied, "relay",
+                rules.source_of("relay.enabled"), "relay to " + to + " denied: " + tried);
 }
 
 }  // namespace

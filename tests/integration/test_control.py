@@ -111,6 +111,8 @@ def test_explain_runs_the_live_policy():
         assert r.returncode == 0, r.stderr
         assert "decision:   D111 reject" in r.stdout
         assert "reply:      554 5.7.1" in r.stdout
+        # Its source is the relay settings (where relaying was enabled, here the default).
+        assert "source:     default" in r.stdout, r.stdout
         j = d.ctl_json("explain", "--client", "203.0.113.9", "--helo", "x.test", "--from", "",
                        "--to", "User@Example.TEST")
         assert j["code"] == "L101" and j["verdict"] == "accept"
