@@ -348,12 +348,12 @@ void Connection::force_close() {
 namespace {
 
 void log_queued(int shard, const std::string& session, const storage::Message& m,
-                std::string_view via) {
+                std::string_view via, std::uint64_t size) {
     LogLine(Level::info, "queued", shard, session)
         .kv("id", m.id)
         .kv("from", "<" + m.sender + ">")
         .kv("rcpts", static_cast<std::uint64_t>(m.recipients.size()))
-        .kv("size", static_cast<std::uint64_t>(m.data.size()))
+        .kv("size", size)
         .kv("via", via);
 }
 
@@ -372,14 +372,15 @@ void Connection::commit(std::unique_ptr<storage::Message> msg) {
     if (all_local || spool == nullptr) {
         // Final delivery in-line: the maildir file is durable before the 250.
         std::string id = msg->id;
-        auto summary = std::make_shared<storage::Message>();
+        auto summary = std::make_shared<storage::Message>();  // the data goes to the file
+        std::uint64_t size = msg->data.size();
         summary->id = msg->id;
         summary->sender = msg->sender;
         summary->recipients = msg->recipients;
         shard_.local_delivery().submit(
-            std::move(msg), session_->id(), [this, summary](storage::CommitStatus st) {
+            std::move(msg), session_->id(), [this, summary, size](storage::CommitStatus st) {
                 if (st == storage::CommitStatus::ok) {
-                    log_queued(shard_.index(), session_->id(), *summary, "maildir");
+                    log_queued(shard_.index(), session_->id(), *summary, "maildir", size);
                 }
                 commit_finished(st);
                 shard_.work_finished();
@@ -405,7 +406,7 @@ void Connection::commit(std::unique_ptr<storage::Message> msg) {
                     }
                 }
                 if (rest->recipients.empty()) {
-                    log_queued(shard_.index(), session_->id(), *shared, "inline");
+                    log_queued(shard_.index(), session_->id(), *shared, "inline", shared->data.size());
                     commit_finished(storage::CommitStatus::ok);
                     shard_.work_finished();
                     release();
@@ -427,7 +428,7 @@ void Connection::spool_and_forward(std::unique_ptr<storage::Message> msg) {
                       std::shared_ptr<const storage::Message> sm(std::move(m));
                       shard->post([this, st, sm](Shard& s) {
                           if (st == storage::CommitStatus::ok && sm) {
-                              log_queued(s.index(), session_->id(), *sm, "spool");
+                              log_queued(s.index(), session_->id(), *sm, "spool", sm->data.size());
                           }
                           commit_finished(st);
                           if (st == storage::CommitStatus::ok && sm && s.outbound() != nullptr) {

@@ -36,7 +36,12 @@ def test_smtplib_message_arrives_byte_for_byte():
         assert raw.startswith(b"Return-Path: <a@outside.test>\r\nDelivered-To: user@example.test\r\n")
         assert b"by mx.example.test (Sluice) with ESMTP id " in raw
         assert b"for <user@example.test>;" in raw
-        assert len(d.log_lines("queued")) == 1
+        queued = d.log_lines("queued")
+        assert len(queued) == 1
+        # size= is the message as received (with our Received:, without the maildir's
+        # Return-Path and Delivered-To).
+        size = int(queued[0].split(" size=")[1].split()[0])
+        assert len(content) < size < len(raw)
         rcpt = d.log_lines("rcpt")
         assert len(rcpt) == 1 and "code=L101" in rcpt[0] and "to=<user@example.test>" in rcpt[0]
 
