@@ -200,6 +200,11 @@ json explain(const Snapshot& snapshot, const policy::Maps& maps, const ExplainAr
     if (!ip) {
         return error_reply("client \"" + a.client + "\" is not an IP address");
     }
+    if (!a.auth.empty() && listener->role == Role::mx) {
+        // PRODUCT.md §2: an mx listener offers no AUTH; no session there is authenticated.
+        return error_reply("listener " + listener->name +
+                           " has role mx, which offers no AUTH: --auth cannot apply there");
+    }
     std::string from_text = bracketed(a.from);
     std::string to_text = bracketed(a.to);
     auto from = policy::parse_path(from_text, true, true);

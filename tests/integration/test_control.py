@@ -122,6 +122,9 @@ def test_explain_runs_the_live_policy():
         bad = d.ctl("explain", "--client", "nope", "--from", "a@b.test", "--to", "c@d.test")
         assert bad.returncode == 1
         assert bad.stderr.strip() == 'sluicectl: explain: client "nope" is not an IP address'
+        mx_auth = d.ctl("explain", "--client", "192.0.2.1", "--auth", "alice", "--listener", "mx",
+                        "--from", "a@b.test", "--to", "c@elsewhere.test")
+        assert mx_auth.returncode == 1 and "offers no AUTH" in mx_auth.stderr, mx_auth.stderr
         usage = d.ctl("explain", "--client", "192.0.2.1", "--to", "c@d.test")
         assert usage.returncode == 2
         assert "explain needs --from" in usage.stderr
