@@ -18,11 +18,12 @@
 namespace {
 
 void usage(std::ostream& out) {
-    out << "usage: sluiced [--config FILE] [--check] [--log-level LEVEL] [--version]\n"
+    out << "usage: sluiced [--config FILE] [--check] [--log-level LEVEL] [--version] [--schema]\n"
            "  --config FILE      TOML config (default /etc/sluice/sluice.toml)\n"
            "  --check            validate config and maps, print problems, exit 1 on errors\n"
            "  --log-level LEVEL  debug | info | warn | error (default info)\n"
-           "  --schema           print every config key with its type, default and meaning\n";
+           "  --schema           print every config key with its type, default and meaning\n"
+           "  --version          print the version\n";
 }
 
 }  // namespace
