@@ -454,9 +454,21 @@ struct QueueJob {
     Server* server = nullptr;
     storage::Spool* spool = nullptr;
     storage::QueueCommand cmd;
+    std::string words;  // the command as the operator gave it, for the log
     storage::QueueOutput out;
     control::ControlServer::Respond respond;
 };
+
+// The last non-empty line of `text` (a queue command's summary).
+std::string last_line(const std::string& text) {
+    auto end = text.find_last_not_of('\n');
+    if (end == std::string::npos) {
+        return {};
+    }
+    auto start = text.rfind('\n', end);
+    return text.substr(start == std::string::npos ? 0 : start + 1,
+                       end - (start == std::string::npos ? 0 : start + 1) + 1);
+}
 
 }  // namespace
 
@@ -482,6 +494,9 @@ void Server::queue_command(const nlohmann::json& body, control::ControlServer::R
     job->server = this;
     job->spool = spool_.get();
     job->cmd = std::move(*cmd);
+    for (const auto& a : args) {
+        job->words += (job->words.empty() ? "" : " ") + a;
+    }
     job->respond = std::move(respond);
     uv_queue_work(
         &loop_, &job->req,
@@ -491,6 +506,14 @@ void Server::queue_command(const nlohmann::json& body, control::ControlServer::R
         },
         [](uv_work_t* r, int) {
             std::unique_ptr<QueueJob> j(static_cast<QueueJob*>(r->data));
+            using Verb = storage::QueueCommand::Verb;
+            if (j->cmd.verb != Verb::list && j->cmd.verb != Verb::show && !j->cmd.dry_run) {
+                // What an operator changed in the queue is on record (incident recovery).
+                LogLine(j->out.exit_code == 0 ? Level::info : Level::warn, "queue_op")
+                    .kv("command", j->words)
+                    .kv("exit", static_cast<std::uint64_t>(j->out.exit_code))
+                    .kv("result", last_line(j->out.exit_code == 0 ? j->out.out : j->out.err));
+            }
             if (j->cmd.verb == storage::QueueCommand::Verb::flush ||
                 j->cmd.verb == storage::QueueCommand::Verb::release) {
                 j->server->schedule_pending();  // what became due is delivered now

@@ -202,6 +202,11 @@ def test_queue_commands_through_the_running_daemon():
         assert r.returncode == 0, r.stderr
         r = ctl("queue", "list")
         assert "spammer@outside.test" not in r.stdout and "friend@outside.test" in r.stdout
+        # The purge is on record (the dry run changed nothing and is not).
+        ops = d.log_lines("queue_op")
+        assert len(ops) == 1, ops
+        assert 'command="purge --sender spammer@outside.test"' in ops[0] and "exit=0" in ops[0]
+        assert "removed 2 messages" in ops[0]
         # The next hop comes back; flush retries now instead of on the schedule.
         hop = NextHop(port).start()
         try:
