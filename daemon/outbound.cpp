@@ -607,13 +607,38 @@ Outbound::Job Outbound::dequeue(Hop& hop) {
 
 namespace {
 
-struct ReadBackJob {
+// A queued message read back from the spool on the thread pool (blocking I/O): for a
+// retry or recovery (load) or for an overflow job whose hop has room again (read_back).
+struct ReadJob {
     uv_work_t req{};
     Outbound* ob = nullptr;
     storage::Spool* spool = nullptr;
-    std::string hop;
-    Outbound::Overflow job;
-    std::unique_ptr<storage::Message> msg;  // null: deleted or held meanwhile
+    storage::QueueId id;
+    std::optional<storage::QueueEntry> entry;
+    std::unique_ptr<storage::Message> msg;  // null: gone, held, or nothing left to deliver
+    std::string hop;                        // read_back: the hop and its job
+    Outbound::Overflow overflow;
+
+    static ReadJob* make(Outbound* ob, storage::Spool* spool, const storage::QueueId& id) {
+        auto* j = new ReadJob;
+        j->req.data = j;
+        j->ob = ob;
+        j->spool = spool;
+        j->id = id;
+        return j;
+    }
+
+    // Thread pool.
+    static void work(uv_work_t* r) {
+        auto* j = static_cast<ReadJob*>(r->data);
+        j->entry = j->spool->entry(j->id);
+        if (j->entry && !j->entry->held && j->entry->live_recipients() > 0) {
+            auto m = j->spool->load(j->id);
+            if (m.ok()) {
+                j->msg = std::move(*m);
+            }
+        }
+    }
 };
 
 }  // namespace
@@ -628,32 +653,18 @@ void Outbound::read_back(Hop& hop) {
     while (!draining_ && !hop.overflow.empty() && hop.reading_back < kReadsInFlight &&
            hop.queue.size() + hop.reading_back < kMaxQueuedPerHop / 2 &&
            (hop.queue.empty() || hop.queued_bytes < half)) {
-        auto* job = new ReadBackJob;
-        job->req.data = job;
-        job->ob = this;
-        job->spool = &spool_;
+        auto* job = ReadJob::make(this, &spool_, hop.overflow.front().id);
         job->hop = hop_key(hop.transport);
-        job->job = std::move(hop.overflow.front());
+        job->overflow = std::move(hop.overflow.front());
         hop.overflow.pop_front();
         shard_.metrics().outbound_overflow.add(-1);
         ++hop.reading_back;
         ++loads_;
         shard_.work_started();
         uv_queue_work(
-            shard_.loop(), &job->req,
-            [](uv_work_t* r) {
-                // Reading a message back is blocking I/O: the thread pool does it.
-                auto* j = static_cast<ReadBackJob*>(r->data);
-                auto entry = j->spool->entry(j->job.id);
-                if (entry && !entry->held) {
-                    auto m = j->spool->load(j->job.id);
-                    if (m.ok()) {
-                        j->msg = std::move(*m);
-                    }
-                }
-            },
+            shard_.loop(), &job->req, ReadJob::work,
             [](uv_work_t* r, int) {
-                std::unique_ptr<ReadBackJob> j(static_cast<ReadBackJob*>(r->data));
+                std::unique_ptr<ReadJob> j(static_cast<ReadJob*>(r->data));
                 Outbound& ob = *j->ob;
                 Hop& hop = ob.hops_.at(j->hop);
                 --hop.reading_back;
@@ -661,15 +672,15 @@ void Outbound::read_back(Hop& hop) {
                 if (j->msg && !ob.draining_) {
                     Job job;
                     job.msg = std::shared_ptr<const storage::Message>(std::move(j->msg));
-                    job.rcpts = std::move(j->job.rcpts);
-                    job.attempts = std::move(j->job.attempts);
-                    job.session = std::move(j->job.session);
+                    job.rcpts = std::move(j->overflow.rcpts);
+                    job.attempts = std::move(j->overflow.attempts);
+                    job.session = std::move(j->overflow.session);
                     ob.enqueue(hop, std::move(job), false);
                     ob.pump(hop);
-                } else if (--ob.active_[j->job.id] == 0) {
+                } else if (--ob.active_[j->id] == 0) {
                     // Deleted or held meanwhile (`queue release` schedules it again), or
                     // shutting down (it is read again after the restart).
-                    ob.active_.erase(j->job.id);
+                    ob.active_.erase(j->id);
                 }
                 ob.read_back(hop);
                 ob.shard_.work_finished();
@@ -999,43 +1010,16 @@ void Outbound::tick(SysTime now) {
     }
 }
 
-namespace {
-
-struct LoadJob {
-    uv_work_t req{};
-    Outbound* ob = nullptr;
-    storage::Spool* spool = nullptr;
-    storage::QueueId id;
-    std::optional<storage::QueueEntry> entry;
-    std::unique_ptr<storage::Message> msg;
-};
-
-}  // namespace
-
 void Outbound::load(const storage::QueueId& id) {
     // Reading a message back is blocking I/O: the thread pool does it.
-    auto* job = new LoadJob;
-    job->req.data = job;
-    job->ob = this;
-    job->spool = &spool_;
-    job->id = id;
+    auto* job = ReadJob::make(this, &spool_, id);
     ++loads_;
     ++active_[id];
     shard_.work_started();
     uv_queue_work(
-        shard_.loop(), &job->req,
-        [](uv_work_t* r) {
-            auto* j = static_cast<LoadJob*>(r->data);
-            j->entry = j->spool->entry(j->id);
-            if (j->entry && !j->entry->held && j->entry->live_recipients() > 0) {
-                auto m = j->spool->load(j->id);
-                if (m.ok()) {
-                    j->msg = std::move(*m);
-                }
-            }
-        },
+        shard_.loop(), &job->req, ReadJob::work,
         [](uv_work_t* r, int) {
-            std::unique_ptr<LoadJob> j(static_cast<LoadJob*>(r->data));
+            std::unique_ptr<ReadJob> j(static_cast<ReadJob*>(r->data));
             Outbound& ob = *j->ob;
             --ob.loads_;
             if (--ob.active_[j->id] == 0) {
