@@ -190,7 +190,7 @@ class Linter {
                         ": connections forwarded by the NAT router would be trusted" + unused);
             }
         }
-        if (used && maps_.privileged_networks.empty()) {
+        if (used && maps_.privileged_networks.empty() && !maps_.privileged_networks_unreadable) {
             add(Severity::warning, config_ref(cfg_, "relay.privileged_networks"),
                 "relay.privileged_networks = true but map privileged_networks is empty" +
                     (maps_.privileged_networks_path.empty()

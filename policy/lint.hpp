@@ -51,6 +51,8 @@ struct LintMaps {
     // Where the maps live, for diagnostics about a map as a whole (e.g. "is empty").
     std::string privileged_networks_path;
     std::string connection_filter_path;
+    // The map could not be read (reported on its own): not also "empty".
+    bool privileged_networks_unreadable = false;
 };
 
 namespace lint_limits {

@@ -27,6 +27,9 @@ std::vector<Diagnostic> check_maps(const Config& cfg, const std::vector<Diagnost
                  {path, 0, 0},
                  "map " + std::string(map_file_name(id)) +
                      " is unreadable (the daemon answers T140): " + contents.error().message});
+            if (id == MapId::privileged_networks) {
+                lint_maps.privileged_networks_unreadable = true;
+            }
             continue;
         }
         std::vector<policy::LintEntry>* into = nullptr;

@@ -144,6 +144,17 @@ TEST(Lint, EmptyPrivilegedNetworksMap) {
         << text(d);
 }
 
+// An unreadable map is reported by the map check (T140); it is not also called empty.
+TEST(Lint, UnreadablePrivilegedNetworksMapIsNotAlsoEmpty) {
+    auto cfg = config();
+    ASSERT_TRUE(cfg);
+    LintMaps m;
+    m.privileged_networks_path = "/var/lib/sluice/maps/privileged_networks.mdb";
+    m.privileged_networks_unreadable = true;
+    auto d = lint(*cfg, m);
+    EXPECT_EQ(text(d).find("is empty"), std::string::npos) << text(d);
+}
+
 TEST(Lint, OpenRelay) {
     Config cfg = *config();
     cfg.relay.open = true;
