@@ -570,6 +570,7 @@ void Outbound::route(const std::shared_ptr<const storage::Message>& msg,
             hop.overflow.push_back({msg->id, std::move(job.rcpts), std::move(job.attempts),
                                     std::move(job.session)});
             shard_.metrics().outbound_overflow.add(1);
+            read_back(hop);  // (a no-op unless the queue has room: then the oldest comes back)
             continue;
         }
         enqueue(hop, std::move(job), false);
