@@ -303,3 +303,35 @@ def test_a_slow_next_hop_keeps_queued_data_on_disk_and_all_of_it_arrives_once():
     finally:
         gate.set()
         hop.stop()
+
+
+def test_a_retry_due_while_other_recipients_are_in_flight_is_not_lost():
+    """One message, two routes: other.test defers once (450) and is due again after 1 s
+    while example.test's next hop still holds its delivery (a stuck greeting). The retry
+    must happen once that delivery is over, not wait for a restart or `queue flush`."""
+    slow_gate = threading.Event()
+    slow = RawNextHop(free_port(), gate=slow_gate).start()
+    fast = NextHop(free_port()).start()
+    fast.recorder.reject["b@other.test"] = "450 4.2.1 try later"
+    try:
+        routes = f'\n"other.test" = "smtp://127.0.0.1:{fast.port}"'
+        d = forwarding_daemon(slow.port, extra_routes=routes)
+        d.config.write_text(d.config.read_text().replace(
+            'local = ["example.test"]', 'local = ["example.test", "other.test"]'))
+        with d:
+            with smtplib.SMTP("127.0.0.1", d.port) as s:
+                s.sendmail("a@outside.test", ["user@example.test", "b@other.test"],
+                           "Subject: two routes\r\n\r\nx\r\n")
+            assert wait_for(lambda: len(d.log_lines("deferred")) == 1)
+            del fast.recorder.reject["b@other.test"]
+            time.sleep(2)  # the retry (after 1 s) is due while example.test's is in flight
+            slow_gate.set()
+            assert wait_for(lambda: slow.messages == 1)
+            msgs = wait_for(lambda: fast.recorder.snapshot(), 20)
+            assert [m[1] for m in msgs] == [["b@other.test"]]
+            time.sleep(1)
+            assert slow.messages == 1 and len(fast.recorder.snapshot()) == 1  # once each
+    finally:
+        slow_gate.set()
+        slow.stop()
+        fast.stop()
