@@ -53,6 +53,7 @@ constexpr std::size_t kMaxRecordsPerBatch = 8192;  // outcome records ride along
 constexpr Millis kRetryBackoff{1000};              // after a failed batch, for outcome records
 constexpr Millis kStatInterval{100};               // free-space refresh while busy
 constexpr Millis kIdleWake{1000};                  // ... and while idle
+constexpr std::uint64_t kMinLimitRotate = 64 * 1024;  // see append(): over spool.max_size
 constexpr std::size_t kReadChunk = 4u << 20;       // recovery and big-file I/O
 // SpoolOptions::zero_ahead: an fdatasync of data written into blocks that already exist
 // flushes the data alone, while an append must also write the new size and block
@@ -1017,8 +1018,14 @@ struct Spool::Impl {
             std::lock_guard lk(index_mu);
             poisoned = segs[active].poisoned;
         }
+        // Over spool.max_size, the active segment is sealed too once it holds a fair part
+        // of the limit: only sealed segments are ever reclaimed, so with a limit below
+        // segment_bytes the spool would otherwise stay "full" after its queue drained.
+        bool over_limit = opts.max_bytes != 0 && used_bytes.load() >= opts.max_bytes &&
+                          active_end >= std::max<std::uint64_t>(kMinLimitRotate,
+                                                                opts.max_bytes / 8);
         if (active != kNoSegment &&
-            (active_broken || poisoned || active_end >= opts.segment_bytes)) {
+            (active_broken || poisoned || active_end >= opts.segment_bytes || over_limit)) {
             seal_active();
         }
         std::string seg_header;

@@ -1157,6 +1157,33 @@ TEST_F(SpoolTest, LimitsRefuseNewMailButNotOutcomes) {
     EXPECT_EQ(s->admission(), Admission::no_space);
 }
 
+// The limit lifts by itself once the queue drains, also when it is far below
+// segment_bytes (the active segment is sealed so that it can be reclaimed).
+TEST_F(SpoolTest, LimitLiftsOnceTheQueueDrains) {
+    auto o = options();
+    o.max_bytes = 256 * 1024;
+    auto s = open(o);
+    std::vector<std::string> ids;
+    for (int i = 0; i < 100 && s->admission() == Admission::ok; ++i) {
+        std::string id = "d" + std::to_string(i);
+        if (commit_one(*s, make_message(id, 10000, 1)) == CommitStatus::ok) {
+            ids.push_back(id);
+        }
+    }
+    ASSERT_EQ(s->admission(), Admission::over_limit);
+    for (const auto& id : ids) {
+        s->record_delivered(id, 0);
+    }
+    auto until = std::chrono::steady_clock::now() + 10s;
+    while (s->admission() != Admission::ok && std::chrono::steady_clock::now() < until) {
+        ASSERT_TRUE(s->sync().ok());
+        std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_EQ(s->size(), 0u);
+    EXPECT_EQ(s->admission(), Admission::ok) << "used " << s->stats().bytes;
+    EXPECT_EQ(commit_one(*s, make_message("after", 10000, 1)), CommitStatus::ok);
+}
+
 // A real full disk: a 1 MiB tmpfs (needs CAP_SYS_ADMIN; skipped without it).
 TEST_F(SpoolTest, RealENOSPCOnATinyTmpfsAndRecoveryByItself) {
     std::string mnt = root_ + "/tiny";
