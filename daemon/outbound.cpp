@@ -16,7 +16,8 @@ namespace {
 
 // Messages waiting for a connection to one next hop before new ones wait on disk instead.
 constexpr std::size_t kMaxQueuedPerHop = 2000;
-constexpr std::chrono::seconds kBusyRecheck{5};  // a due message with deliveries in flight
+constexpr std::chrono::seconds kBusyRecheck{1};  // a due message with deliveries in flight
+constexpr std::chrono::seconds kSettle{1};       // after a delivery, until its records are in
 // Read buffer of one outbound connection (there are few of them).
 constexpr std::size_t kLinkBuffer = 16 * 1024;
 // How long a starttls=optional hop whose handshake failed is sent to in plaintext before
@@ -520,6 +521,16 @@ Outbound::Outbound(Shard& shard, storage::Spool& spool) : shard_(shard), spool_(
 Outbound::~Outbound() = default;
 
 void Outbound::start(std::shared_ptr<const storage::Message> msg, std::string session_id) {
+    Shard& owner = shard_.owner_of(msg->id);
+    if (&owner != &shard_) {
+        // Its retries and any flush run on its owner: so does its first delivery.
+        owner.post([msg, session_id](Shard& s) {
+            if (s.outbound() != nullptr) {
+                s.outbound()->start(msg, session_id);
+            }
+        });
+        return;
+    }
     std::vector<std::size_t> all(msg->recipients.size());
     for (std::size_t i = 0; i < all.size(); ++i) {
         all[i] = i;
@@ -923,6 +934,11 @@ void Outbound::finished(Job& job, const std::vector<smtp::RecipientResult>& resu
     auto it = active_.find(msg.id);
     if (it != active_.end() && --it->second == 0) {
         active_.erase(it);
+        // Its outcome records are on their way to the spool (a few ms): until they are
+        // applied, a reading of the message would still show these recipients as due.
+        auto until = std::chrono::steady_clock::now() + kSettle;
+        settling_[msg.id] = until;
+        settle_order_.emplace_back(until, msg.id);
     }
 }
 
@@ -998,14 +1014,22 @@ void Outbound::schedule(const storage::QueueId& id, SysTime when) {
 }
 
 void Outbound::tick(SysTime now) {
+    auto steady = std::chrono::steady_clock::now();
+    while (!settle_order_.empty() && settle_order_.front().first <= steady) {
+        auto s = settling_.find(settle_order_.front().second);
+        if (s != settling_.end() && s->second <= steady) {
+            settling_.erase(s);
+        }
+        settle_order_.pop_front();
+    }
     while (!due_.empty() && due_.top().first <= now && !draining_) {
         auto id = due_.top().second;
         due_.pop();
-        if (active_.count(id) == 0) {
+        if (active_.count(id) == 0 && settling_.count(id) == 0) {
             load(id);
         } else {
-            // Other recipients of it are on their way: look again once their outcomes are
-            // on record (reading it now could route them a second time).
+            // Deliveries of it are on their way, or their outcomes not yet on record:
+            // reading it now could route those recipients a second time. Look again later.
             schedule(id, now + kBusyRecheck);
         }
     }

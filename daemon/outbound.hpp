@@ -164,6 +164,10 @@ class Outbound {
     using Due = std::pair<SysTime, storage::QueueId>;
     std::priority_queue<Due, std::vector<Due>, std::greater<>> due_;
     std::map<storage::QueueId, int> active_;  // messages with deliveries in flight
+    // Messages whose last delivery just ended, until when their outcome records are surely
+    // applied in the spool (not read back before: they would look due again).
+    std::map<storage::QueueId, std::chrono::steady_clock::time_point> settling_;
+    std::deque<std::pair<std::chrono::steady_clock::time_point, storage::QueueId>> settle_order_;
     std::size_t links_ = 0;
     std::size_t loads_ = 0;
     bool draining_ = false;

@@ -214,6 +214,7 @@ int Server::run(std::shared_ptr<const Config> config) {
     for (unsigned s = 0; s < config->server.shards; ++s) {
         ShardOptions o;
         o.index = static_cast<int>(s);
+        o.peers = &shards_;
         o.snapshot = snapshot_;
         o.listener_fds = fds_[s];
         fds_[s].clear();  // owned by the shard's handles from now on
@@ -526,11 +527,11 @@ void Server::queue_command(const nlohmann::json& body, control::ControlServer::R
 }
 
 void Server::schedule_pending() {
-    // Every queued message goes to one shard (by id), which loads it and delivers what is due.
+    // Every queued message goes to its owner shard, which loads it and delivers what is due.
     auto pending = spool_->pending();
     std::vector<std::vector<storage::QueueId>> per_shard(shards_.size());
     for (auto& e : pending) {
-        per_shard[std::hash<std::string>{}(e.id) % shards_.size()].push_back(e.id);
+        per_shard[owner_index(e.id, shards_.size())].push_back(e.id);
     }
     auto now = std::chrono::system_clock::now();
     for (std::size_t i = 0; i < shards_.size(); ++i) {

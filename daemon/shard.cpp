@@ -22,6 +22,7 @@ constexpr std::size_t kReadBuffer = 64 * 1024;
 
 Shard::Shard(ShardOptions o)
     : index_(o.index),
+      peers_(o.peers),
       snapshot_(std::move(o.snapshot)),
       listener_fds_(std::move(o.listener_fds)),
       limiter_(o.limiter),
@@ -35,6 +36,17 @@ Shard::Shard(ShardOptions o)
     }
     metrics_.rebind_listeners(names);
     metrics_.generation.store(snapshot_->generation, std::memory_order_relaxed);
+}
+
+std::size_t owner_index(std::string_view id, std::size_t shards) {
+    return shards == 0 ? 0 : std::hash<std::string_view>{}(id) % shards;
+}
+
+Shard& Shard::owner_of(std::string_view id) {
+    if (peers_ == nullptr || peers_->empty()) {
+        return *this;
+    }
+    return *(*peers_)[owner_index(id, peers_->size())];
 }
 
 Shard::~Shard() {

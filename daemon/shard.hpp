@@ -42,8 +42,16 @@ class ShardMaps : public policy::Maps {
     virtual void refresh_then(Shard& shard, std::function<void()> then) = 0;
 };
 
+class Shard;
+
+// The shard that delivers queued message `id` out of `shards`: every delivery, retry and
+// operator flush of a message runs there, so that one shard's bookkeeping sees all of its
+// deliveries in flight (two shards would deliver it twice).
+std::size_t owner_index(std::string_view id, std::size_t shards);
+
 struct ShardOptions {
     int index = 0;
+    const std::vector<std::unique_ptr<Shard>>* peers = nullptr;  // all shards, this one too
     std::shared_ptr<const Snapshot> snapshot;
     std::vector<int> listener_fds;  // one per snapshot->config->listeners entry, same order
     ConnectionLimiter* limiter = nullptr;
@@ -64,6 +72,8 @@ class Shard {
 
     // Thread-safe: runs `fn` on the shard's loop thread at the next safe point.
     void post(std::function<void(Shard&)> fn);
+    // The shard that delivers queued message `id` (owner_index); this one without peers.
+    Shard& owner_of(std::string_view id);
 
     // Thread-safe: the shard has drained and closed its own handles (its loop is ending).
     bool finished() {
@@ -117,6 +127,7 @@ class Shard {
     void maybe_finish();
 
     int index_;
+    const std::vector<std::unique_ptr<Shard>>* peers_;
     std::shared_ptr<const Snapshot> snapshot_;
     std::vector<int> listener_fds_;
     ConnectionLimiter* limiter_;

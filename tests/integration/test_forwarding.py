@@ -335,3 +335,34 @@ def test_a_retry_due_while_other_recipients_are_in_flight_is_not_lost():
         slow_gate.set()
         slow.stop()
         fast.stop()
+
+
+def test_flush_and_release_never_deliver_twice():
+    """`queue flush` and `queue release` read deferred messages back while their own retry
+    timers are still set: each message must still reach the next hop exactly once (every
+    delivery of a message runs on one shard, and a message is not read back while the
+    outcome of its last delivery is still on its way to the spool)."""
+    hop = NextHop(free_port()).start()
+    hop.recorder.reject["x@example.test"] = "450 4.2.1 later"
+    try:
+        d = forwarding_daemon(hop.port)
+        d.config.write_text(d.config.read_text().replace('retry = ["1s", "2s"]', 'retry = ["3s"]'))
+        with d:
+            for i in range(6):
+                with smtplib.SMTP("127.0.0.1", d.port) as s:
+                    s.sendmail("a@outside.test", ["x@example.test"], f"Subject: f{i}\r\n\r\nx\r\n")
+            assert wait_for(lambda: len(d.log_lines("deferred")) == 6)
+            ids = [l.split(" id=")[1].split()[0] for l in d.log_lines("deferred")]
+            # Flushed while the next hop still refuses: each message is tried again (and
+            # deferred again, with a new timer) while its first timer is still set.
+            assert d.ctl("queue", "flush").returncode == 0
+            assert wait_for(lambda: len(d.log_lines("deferred")) == 12)
+            assert d.ctl("queue", "hold", ids[0]).returncode == 0
+            assert d.ctl("queue", "release", ids[0]).returncode == 0
+            del hop.recorder.reject["x@example.test"]
+            assert wait_for(lambda: len(hop.recorder.snapshot()) >= 6)
+            time.sleep(5)  # past every retry timer
+            subjects = sorted(m[2].split(b"Subject: ")[1].split(b"\r\n")[0] for m in hop.recorder.snapshot())
+            assert subjects == [f"f{i}".encode() for i in range(6)], subjects
+    finally:
+        hop.stop()
