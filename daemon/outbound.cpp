@@ -579,7 +579,7 @@ void Outbound::route(const std::shared_ptr<const storage::Message>& msg,
             // The next hop is slower than the inflow: the data waits on disk, in line
             // (it still counts in active_: nothing else may route these recipients).
             hop.overflow.push_back({msg->id, std::move(job.rcpts), std::move(job.attempts),
-                                    std::move(job.session)});
+                                    std::move(job.session), msg->data.size()});
             shard_.metrics().outbound_overflow.add(1);
             read_back(hop);  // (a no-op unless the queue has room: then the oldest comes back)
             continue;
@@ -594,8 +594,8 @@ bool Outbound::has_room(const Hop& hop, std::uint64_t bytes) const {
     std::uint64_t cap = std::max<std::uint64_t>(
         1, cfg.limits.outbound_queue_memory / std::max<std::uint32_t>(1, cfg.server.shards));
     // One message always fits, however large: a queue never stalls for its size.
-    return hop.queue.size() < kMaxQueuedPerHop &&
-           (hop.queue.empty() || hop.queued_bytes + bytes <= cap);
+    std::uint64_t held = hop.queued_bytes + hop.reading_bytes;
+    return hop.queue.size() + hop.reading_back < kMaxQueuedPerHop && (held == 0 || held + bytes <= cap);
 }
 
 void Outbound::enqueue(Hop& hop, Job job, bool front) {
@@ -656,21 +656,18 @@ struct ReadJob {
 }  // namespace
 
 // Overflow jobs come back into the queue as it drains, in order, a few reads at a time,
-// while the queue is below half of its limits (counting the reads in flight).
+// while there is room for them (counting the reads in flight).
 void Outbound::read_back(Hop& hop) {
     constexpr std::size_t kReadsInFlight = 4;
-    const auto& cfg = *shard_.snapshot()->config;
-    const std::uint64_t half =
-        cfg.limits.outbound_queue_memory / std::max<std::uint32_t>(1, cfg.server.shards) / 2;
     while (!draining_ && !hop.overflow.empty() && hop.reading_back < kReadsInFlight &&
-           hop.queue.size() + hop.reading_back < kMaxQueuedPerHop / 2 &&
-           (hop.queue.empty() || hop.queued_bytes < half)) {
+           has_room(hop, hop.overflow.front().bytes)) {
         auto* job = ReadJob::make(this, &spool_, hop.overflow.front().id);
         job->hop = hop_key(hop.transport);
         job->overflow = std::move(hop.overflow.front());
         hop.overflow.pop_front();
         shard_.metrics().outbound_overflow.add(-1);
         ++hop.reading_back;
+        hop.reading_bytes += job->overflow.bytes;
         ++loads_;
         shard_.work_started();
         uv_queue_work(
@@ -680,6 +677,7 @@ void Outbound::read_back(Hop& hop) {
                 Outbound& ob = *j->ob;
                 Hop& hop = ob.hops_.at(j->hop);
                 --hop.reading_back;
+                hop.reading_bytes -= j->overflow.bytes;
                 --ob.loads_;
                 if (j->msg && !ob.draining_) {
                     Job job;

@@ -92,6 +92,7 @@ class Outbound {
         std::vector<std::size_t> rcpts;
         std::vector<unsigned> attempts;
         std::string session;
+        std::uint64_t bytes = 0;  // its message data
     };
 
   private:
@@ -116,6 +117,7 @@ class Outbound {
         std::uint64_t queued_bytes = 0;  // message data held by `queue`
         std::deque<Overflow> overflow;   // after `queue`, in order (each counts in active_)
         std::size_t reading_back = 0;    // overflow jobs being read from the spool
+        std::uint64_t reading_bytes = 0; // ... and their data (room is kept for it)
         std::set<Link*> links;
         // The last TLS session and the client config it was made with: resumed only with
         // that same config (a new CA file must not inherit an old verification).

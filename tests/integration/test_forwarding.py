@@ -292,8 +292,8 @@ def test_a_slow_next_hop_keeps_queued_data_on_disk_and_all_of_it_arrives_once():
                 return d.metrics()[0][(name, frozenset())]
 
             assert wait_for(lambda: gauge("sluice_outbound_overflow_messages") > 0)
-            # At most the bound over both shards, plus one message each (one always fits).
-            assert gauge("sluice_outbound_queued_bytes") <= 64 * 1024 + 2 * (size + 2000)
+            # At most the bound (a message larger than a shard's share would still fit alone).
+            assert gauge("sluice_outbound_queued_bytes") <= 64 * 1024
             gate.set()
             assert wait_for(lambda: hop.messages == 30)
             assert sorted(hop.subjects) == sorted(f"m{i}" for i in range(30))
