@@ -35,6 +35,8 @@ constexpr Row rows[] = {
     {R::recipient_ok,            {250, "2.1.5", "Recipient ok", false}},
     {R::start_data,              {354, "",      "End data with <CR><LF>.<CR><LF>", false}},
     {R::queued,                  {250, "2.0.0", "Ok: queued as %", false}},
+    {R::inline_refused,          {554, "5.0.0", "Refused by the next hop: %", false}},
+    {R::inline_deferred,         {451, "4.4.0", "Not taken by the next hop, try again later: %", false}},
     {R::vrfy,                    {252, "2.5.0", "Cannot VRFY user, but will accept message", false}},
     {R::help,                    {214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP", false}},
     {R::line_too_long,           {500, "5.5.2", "Line too long", false}},

@@ -34,6 +34,8 @@ enum class Reply : std::uint8_t {
     recipient_ok,          // 250 2.1.5
     start_data,            // 354
     queued,                // 250 2.0.0 queued as ID
+    inline_refused,        // 554 5.0.0 in-line mode: the next hop refused every recipient
+    inline_deferred,       // 451 4.4.0 in-line mode: the next hop took none of them
     vrfy,                  // 252 2.5.0
     help,                  // 214 2.0.0
     line_too_long,         // 500 5.5.2

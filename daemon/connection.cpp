@@ -393,17 +393,27 @@ void Connection::commit(std::unique_ptr<storage::Message> msg) {
             return r.transport.kind == Transport::Kind::smtp && r.transport.inline_delivery;
         });
     if (all_inline && shard_.outbound() != nullptr) {
-        // In-line mode: the next hop's 250 comes before ours; what it did not take is
-        // spooled (and retried or bounced) before we answer, so nothing is ever lost.
+        // In-line mode: our 250 only follows the next hop's 250. When it took none of the
+        // recipients, the client gets its refusal (5xx when every one was refused for
+        // good, else 4xx) and keeps the message: there is no local queue. When it took
+        // some, the others are spooled (retried or bounced) before our 250.
         std::shared_ptr<storage::Message> shared(std::move(msg));
         shard_.outbound()->deliver_inline(
-            shared, session_->id(), [this, shared](std::vector<bool> delivered) {
+            shared, session_->id(),
+            [this, shared](std::vector<smtp::RecipientResult> results) {
+                using Kind = smtp::RecipientResult::Kind;
                 auto rest = std::make_unique<storage::Message>(*shared);
                 rest->recipients.clear();
-                for (std::size_t i = 0; i < delivered.size(); ++i) {
-                    if (!delivered[i]) {
+                for (std::size_t i = 0; i < results.size(); ++i) {
+                    if (results[i].kind != Kind::delivered) {
                         rest->recipients.push_back(shared->recipients[i]);
                     }
+                }
+                if (rest->recipients.size() == results.size()) {
+                    refuse_inline(*shared, results);
+                    shard_.work_finished();
+                    release();
+                    return;
                 }
                 if (rest->recipients.empty()) {
                     log_queued(shard_.index(), session_->id(), *shared, "inline", shared->data.size());
@@ -447,6 +457,41 @@ storage::CommitStatus Connection::admission() const {
     }
     return spool->admission() == storage::Admission::ok ? storage::CommitStatus::ok
                                                         : storage::CommitStatus::no_space;
+}
+
+void Connection::refuse_inline(const storage::Message& msg,
+                               const std::vector<smtp::RecipientResult>& results) {
+    bool all_failed = std::all_of(results.begin(), results.end(), [](const auto& r) {
+        return r.kind == smtp::RecipientResult::Kind::failed;
+    });
+    // The next hop's own words for the first recipient, as one clean line.
+    std::string detail = results.empty() ? std::string() : results.front().reply;
+    if (detail.empty()) {
+        detail = results.empty() ? std::string("no reply")
+                                 : std::to_string(results.front().code) + " " +
+                                       results.front().enhanced + " " + results.front().text;
+    }
+    for (char& ch : detail) {
+        if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) {
+            ch = ' ';
+        }
+    }
+    if (detail.size() > 200) {
+        detail.resize(200);
+    }
+    LogLine(Level::info, "inline_refused", shard_.index(), session_->id())
+        .kv("id", msg.id)
+        .kv("from", "<" + msg.sender + ">")
+        .kv("rcpts", static_cast<std::uint64_t>(msg.recipients.size()))
+        .kv("result", all_failed ? "refused" : "deferred")
+        .kv("reply", detail);
+    if (closing_) {
+        return;
+    }
+    session_->commit_refused(all_failed ? Reply::inline_refused : Reply::inline_deferred, detail,
+                             smtp::Clock::now());
+    flush();
+    update_reading();
 }
 
 void Connection::commit_finished(storage::CommitStatus status) {

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "daemon/session.hpp"
+#include "daemon/smtp_client.hpp"
 #include "daemon/tls.hpp"
 
 namespace sluice {
@@ -54,6 +55,9 @@ class Connection final : public smtp::SessionHooks {
     void close_handle();
     void release();  // drops one reference; deletes at zero
     void commit_finished(storage::CommitStatus status);
+    // In-line mode, the next hop took none of the recipients: the client gets its refusal.
+    void refuse_inline(const storage::Message& msg,
+                       const std::vector<smtp::RecipientResult>& results);
     void spool_and_forward(std::unique_ptr<storage::Message> msg);
 
     Shard& shard_;

@@ -820,11 +820,11 @@ void Outbound::deliver_local(Job job) {
 void Outbound::deliver_inline(std::shared_ptr<const storage::Message> msg, std::string session_id,
                               InlineDone done) {
     auto state = std::make_shared<InlineState>();
-    state->delivered.assign(msg->recipients.size(), false);
+    state->results.assign(msg->recipients.size(), smtp::RecipientResult{});
     state->done = std::move(done);
     if (draining_) {
         auto d = std::move(state->done);
-        d(state->delivered);
+        d(state->results);
         return;
     }
     std::vector<std::size_t> all(msg->recipients.size());
@@ -844,8 +844,8 @@ void Outbound::deliver_inline(std::shared_ptr<const storage::Message> msg, std::
 void Outbound::finish_inline(Job& job, const std::vector<smtp::RecipientResult>& results) {
     auto state = job.inline_state;
     for (std::size_t k = 0; k < job.rcpts.size() && k < results.size(); ++k) {
+        state->results[job.rcpts[k]] = results[k];
         if (results[k].kind == smtp::RecipientResult::Kind::delivered) {
-            state->delivered[job.rcpts[k]] = true;
             shard_.metrics().deliveries[static_cast<int>(DeliveryResult::delivered)].add();
             LogLine(Level::info, "delivered", shard_.index(), job.session)
                 .kv("id", job.msg->id)
@@ -857,7 +857,7 @@ void Outbound::finish_inline(Job& job, const std::vector<smtp::RecipientResult>&
     }
     if (--state->jobs_left == 0 && state->done) {
         auto done = std::move(state->done);
-        done(state->delivered);
+        done(state->results);
     }
 }
 

@@ -70,9 +70,9 @@ class Outbound {
     void start(std::shared_ptr<const storage::Message> msg, std::string session_id);
 
     // In-line mode (a route with `?inline=true`): forward a message that is NOT in the
-    // spool while its client waits. `done` gets, per recipient, whether the next hop
-    // accepted it; the caller spools whatever was not delivered before answering 250.
-    using InlineDone = std::function<void(std::vector<bool> delivered)>;
+    // spool while its client waits. `done` gets, per recipient, the next hop's result
+    // (deferred with no reply when there was none: connection lost, shutting down...).
+    using InlineDone = std::function<void(std::vector<smtp::RecipientResult> results)>;
     void deliver_inline(std::shared_ptr<const storage::Message> msg, std::string session_id,
                         InlineDone done);
     // A queued message to look at again at `when` (recovery, retries, `queue flush`).
@@ -97,7 +97,7 @@ class Outbound {
 
   private:
     struct InlineState {
-        std::vector<bool> delivered;
+        std::vector<smtp::RecipientResult> results;
         int jobs_left = 0;
         InlineDone done;
     };

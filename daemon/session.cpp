@@ -650,21 +650,34 @@ void Session::end_of_data(Clock::time_point now) {
 }
 
 void Session::commit_done(storage::CommitStatus status, Clock::time_point now) {
+    if (status == storage::CommitStatus::ok) {
+        // The id was logged by the storage side with event=queued.
+        finish_commit(MsgResult::accepted, Reply::queued, pending_id_, now);
+    } else {
+        finish_commit(MsgResult::failed,
+                      status == storage::CommitStatus::no_space ? Reply::insufficient_storage
+                                                                : Reply::local_error,
+                      {}, now);
+    }
+}
+
+void Session::commit_refused(Reply r, std::string_view detail, Clock::time_point now) {
+    finish_commit(r == Reply::inline_refused ? MsgResult::rejected : MsgResult::failed, r,
+                  detail, now);
+}
+
+void Session::finish_commit(MsgResult result, Reply r, std::string_view arg,
+                            Clock::time_point now) {
     if (state_ != State::committing) {
         return;
     }
     state_ = State::command;
     last_input_ = now;
-    if (status == storage::CommitStatus::ok) {
+    if (result == MsgResult::accepted) {
         ++messages_;
-        p_.metrics->messages[static_cast<int>(MsgResult::accepted)].add();
-        // The id was logged by the storage side with event=queued.
-        reply(Reply::queued, pending_id_);
-    } else {
-        p_.metrics->messages[static_cast<int>(MsgResult::failed)].add();
-        reply(status == storage::CommitStatus::no_space ? Reply::insufficient_storage
-                                                        : Reply::local_error);
     }
+    p_.metrics->messages[static_cast<int>(result)].add();
+    reply(r, arg);
     reset_transaction();
     if (draining_) {
         reply(Reply::shutting_down);

@@ -133,6 +133,9 @@ class Session {
     void tls_started(std::string_view version, std::string_view cipher);
     // The outcome of SessionHooks::authenticate.
     void auth_done(AuthOutcome outcome, Clock::time_point now);
+    // In-line mode: the next hop took none of the recipients; `r` is inline_refused (all
+    // refused for good) or inline_deferred, `detail` the next hop's reply or the reason.
+    void commit_refused(Reply r, std::string_view detail, Clock::time_point now);
 
     std::string& output() { return out_; }
     bool closed() const { return state_ == State::closed; }
@@ -157,6 +160,7 @@ class Session {
     };
 
     void process(std::string_view& input, Clock::time_point now);
+    void finish_commit(MsgResult result, Reply r, std::string_view arg, Clock::time_point now);
     void handle_line(std::string_view line, bool more_input, Clock::time_point now);
     void on_ehlo(const smtp::Command& c, bool extended);
     void on_mail(const smtp::Command& c);

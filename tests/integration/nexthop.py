@@ -11,17 +11,24 @@ class Recorder:
     def __init__(self):
         self.messages = []          # (mail_from, [rcpts], content bytes)
         self.reject = {}            # address -> reply for RCPT
+        self.data_reply = None      # a reply for every DATA instead of recording it
+        self.attempts = 0           # transactions that reached DATA or a refused RCPT
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.reject.get(address)
         if reply:
+            with self.lock:
+                self.attempts += 1
             return reply
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
+            self.attempts += 1
+            if self.data_reply:
+                return self.data_reply
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         return "250 2.0.0 recorded"
 

@@ -238,15 +238,19 @@ def test_inline_mode_answers_after_the_next_hop_and_spools_the_rest():
             hop.recorder.reject.clear()
             msgs = wait_for(lambda: len(hop.recorder.snapshot()) >= 3 and hop.recorder.snapshot(), 20)
             assert msgs[-1][1] == ["later@example.test"]
-        # The next hop down: in-line falls back to the spool, nothing is refused or lost.
+        # The next hop down: no local queue in this mode, the client keeps the message
+        # and is told to try again later.
         hop.stop()
         with d:
             with smtplib.SMTP("127.0.0.1", d.port) as s:
-                s.sendmail("a@outside.test", ["user@example.test"], "Subject: down\r\n\r\nz\r\n")
-            hop.start()
-            msgs = wait_for(lambda: any(b"Subject: down" in m[2] for m in hop.recorder.snapshot())
-                            and hop.recorder.snapshot(), 20)
-            assert msgs
+                s.ehlo("client.test")
+                s.mail("a@outside.test")
+                s.rcpt("user@example.test")
+                code_, text = s.data("Subject: down\r\n\r\nz\r\n")
+                assert code_ == 451 and text.startswith(b"4.4.0 "), text
+            assert d.log_lines("inline_refused")
+            r = d.ctl("queue", "list")
+            assert r.returncode == 0 and "a@outside.test" not in r.stdout, r.stdout
     finally:
         hop.stop()
 
@@ -364,5 +368,40 @@ def test_flush_and_release_never_deliver_twice():
             time.sleep(5)  # past every retry timer
             subjects = sorted(m[2].split(b"Subject: ")[1].split(b"\r\n")[0] for m in hop.recorder.snapshot())
             assert subjects == [f"f{i}".encode() for i in range(6)], subjects
+    finally:
+        hop.stop()
+
+
+def test_inline_mode_passes_a_refusal_back_to_the_client_and_keeps_nothing():
+    """In-line mode has no local queue: when the next hop takes none of the recipients,
+    the client gets the refusal (5xx when all are refused for good, 4xx otherwise) and
+    keeps the message; nothing is spooled, sent again or bounced."""
+    hop = NextHop(free_port()).start()
+    try:
+        with forwarding_daemon(hop.port, query="?inline=true") as d:
+            def send(rcpt):
+                with smtplib.SMTP("127.0.0.1", d.port) as s:
+                    s.ehlo("client.test")
+                    s.mail("a@outside.test")
+                    assert s.rcpt(rcpt)[0] == 250
+                    return s.data("Subject: inline refusal\r\n\r\nx\r\n")
+
+            hop.recorder.data_reply = "554 5.6.0 content rejected"
+            code_, text = send("user@example.test")
+            assert code_ == 554 and text.startswith(b"5.0.0 ") and b"554 5.6.0 content rejected" in text
+            hop.recorder.data_reply = "451 4.3.0 busy"
+            code_, text = send("user@example.test")
+            assert code_ == 451 and text.startswith(b"4.4.0 ") and b"451 4.3.0 busy" in text
+            hop.recorder.data_reply = None
+            hop.recorder.reject["gone@example.test"] = "550 5.1.1 no such user"
+            code_, text = send("gone@example.test")
+            assert code_ == 554 and b"550 5.1.1 no such user" in text
+            time.sleep(1.5)
+            assert hop.recorder.attempts == 3  # each once: nothing sent again
+            assert hop.recorder.snapshot() == []  # and no DSN
+            assert d.log_lines("queued") == [] and d.log_lines("bounced") == []
+            assert len(d.log_lines("inline_refused")) == 3
+            r = d.ctl("queue", "list")
+            assert r.returncode == 0 and "a@outside.test" not in r.stdout, r.stdout
     finally:
         hop.stop()
