@@ -1581,6 +1581,11 @@ Admission Spool::admission() const {
     if (impl_->opts.max_bytes != 0 && impl_->used_bytes.load() >= impl_->opts.max_bytes) {
         return Admission::over_limit;
     }
+    if (impl_->stat_due()) {
+        // An idle writer looks only once a second; the disk may fill meanwhile (one
+        // fstatvfs, no disk I/O, at most every kStatInterval).
+        impl_->refresh_free_space();
+    }
     if (impl_->free_bytes.load() < impl_->opts.min_free_bytes) {
         return Admission::no_space;
     }

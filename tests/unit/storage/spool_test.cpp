@@ -644,6 +644,32 @@ TEST_F(SpoolTest, NoZeroFillWhenSpaceIsShort) {
     EXPECT_EQ(fs::file_size(segment_files(dir_).at(0)), s->stats().bytes);
 }
 
+// MAIL's admission sees the free space of now, not of the idle writer's last look (once
+// a second): a disk filled by something else is refused within kStatInterval (100 ms).
+TEST_F(SpoolTest, AdmissionSeesTheDiskFillSoon) {
+    fs::create_directories(dir_);
+    struct statvfs st {};
+    ASSERT_EQ(::statvfs(dir_.c_str(), &st), 0);
+    const std::uint64_t free_now = static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize;
+    ASSERT_GT(free_now, 1ull << 30) << "needs 1 GiB free";
+    auto o = options();
+    o.min_free_bytes = free_now - (64ull << 20);
+    auto s = open(o);
+    ASSERT_TRUE(s);
+    std::this_thread::sleep_for(150ms);  // the writer is idle now: its next look is ~1 s away
+    {
+        std::string chunk(1 << 20, 'f');
+        std::ofstream fill(root_ + "/filler", std::ios::binary);
+        for (int i = 0; i < 160; ++i) {
+            fill.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+        }
+        fill.flush();
+    }
+    std::this_thread::sleep_for(150ms);
+    EXPECT_EQ(s->admission(), Admission::no_space);
+    fs::remove(root_ + "/filler");
+}
+
 TEST_F(SpoolTest, DamagedOrGarbageTailIsNeverRecovered) {
     std::uint64_t before = 0;
     std::string seg;
