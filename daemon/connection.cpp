@@ -464,18 +464,12 @@ void Connection::refuse_inline(const storage::Message& msg,
     bool all_failed = std::all_of(results.begin(), results.end(), [](const auto& r) {
         return r.kind == smtp::RecipientResult::Kind::failed;
     });
-    // The next hop's own words for the first recipient, as one clean line.
-    std::string detail = results.empty() ? std::string() : results.front().reply;
-    if (detail.empty()) {
-        detail = results.empty() ? std::string("no reply")
-                                 : std::to_string(results.front().code) + " " +
-                                       results.front().enhanced + " " + results.front().text;
-    }
-    for (char& ch : detail) {
-        if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) {
-            ch = ' ';
-        }
-    }
+    // The next hop's own words for the first recipient (one line: the client cleans reply
+    // texts of control characters), or what we decided for it (lost connection...).
+    const smtp::RecipientResult& first = results.front();
+    std::string detail = !first.reply.empty() ? first.reply
+                                              : std::to_string(first.code) + " " +
+                                                    first.enhanced + " " + first.text;
     if (detail.size() > 200) {
         detail.resize(200);
     }

@@ -88,8 +88,7 @@ class LmdbShardMaps final : public ShardMaps {
     // reload and the start-up refuse, e.g. a privileged network of 0.0.0.0/0.
     static void vet(const Config& config, storage::MapReader::Pending& pending) {
         for (policy::MapId map : storage::MapReader::loaded(pending)) {
-            if (map != policy::MapId::privileged_networks &&
-                map != policy::MapId::connection_filter) {
+            if (!storage::map_is_linted(map)) {
                 continue;
             }
             auto entries = storage::MapReader::loaded_entries(pending, map);

@@ -7,6 +7,10 @@
 
 namespace sluice::storage {
 
+bool map_is_linted(MapId map) {
+    return map == MapId::privileged_networks || map == MapId::connection_filter;
+}
+
 std::vector<Diagnostic> check_maps(const Config& cfg, const std::vector<Diagnostic>& already,
                                    UnreadableMap unreadable,
                                    const std::set<policy::MapId>& unchanged) {
@@ -14,8 +18,7 @@ std::vector<Diagnostic> check_maps(const Config& cfg, const std::vector<Diagnost
     policy::LintMaps lint_maps;
     for (std::size_t i = 0; i < static_cast<std::size_t>(MapId::count_); ++i) {
         auto id = static_cast<MapId>(i);
-        bool linted = id == MapId::privileged_networks || id == MapId::connection_filter;
-        if (!linted && unchanged.count(id) != 0) {
+        if (!map_is_linted(id) && unchanged.count(id) != 0) {
             continue;
         }
         auto contents = read_map(cfg.maps.dir, id);

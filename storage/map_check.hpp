@@ -28,8 +28,11 @@ std::vector<Diagnostic> check_maps(const Config& config,
                                    UnreadableMap unreadable = UnreadableMap::error,
                                    const std::set<policy::MapId>& unchanged = {});
 
-// The open-relay lint's errors about `entries` as the new contents of `map` (only
-// privileged_networks and connection_filter are linted; others give none). Every way a
+// The maps that widen who may relay or connect: the open-relay lint reads them.
+bool map_is_linted(policy::MapId map);
+
+// The open-relay lint's errors about `entries` as the new contents of `map` (none for a
+// map that is not linted). Every way a
 // map changes goes through it: `map build` and `map add` refuse to publish such a map,
 // and a running daemon refuses to switch to one (the old generation keeps serving),
 // exactly as `--check`, a reload and the start-up refuse it.

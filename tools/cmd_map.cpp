@@ -105,11 +105,13 @@ int do_build(const Config& cfg, MapId map, const std::string& source) {
     if (ec) {
         path = source;
     }
-    if (auto parsed = storage::parse_map_file(map, path); parsed.ok()) {
-        if (int rc = lint_before_publish(cfg, map, parsed.entries); rc != kOk) {
-            return rc;
-        }
-    }  // (a source with errors is refused, with every error, by build_map below)
+    if (storage::map_is_linted(map)) {
+        if (auto parsed = storage::parse_map_file(map, path); parsed.ok()) {
+            if (int rc = lint_before_publish(cfg, map, parsed.entries); rc != kOk) {
+                return rc;
+            }
+        }  // (a source with errors is refused, with every error, by build_map below)
+    }
     storage::BuildReport report = storage::build_map(dir, map, path);
     if (!report.diagnostics.empty()) {
         for (const auto& d : report.diagnostics) {
@@ -137,7 +139,9 @@ int do_add(const Config& cfg, MapId map, const Args& args) {
     }
     const std::string source = "map add " + utc_timestamp();
     std::string key_error;
-    if (auto key = storage::normalise_key(map, args[2], key_error)) {
+    auto key = storage::map_is_linted(map) ? storage::normalise_key(map, args[2], key_error)
+                                           : std::nullopt;
+    if (key) {
         auto current = storage::read_map(dir, map);
         if (current.ok()) {
             std::vector<storage::MapEntry> next;

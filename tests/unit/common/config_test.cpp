@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 using namespace sluice;
 
 namespace {
@@ -156,6 +158,22 @@ address = "127.0.0.1:25"
     EXPECT_NE(s.find("unknown transport"), std::string::npos) << s;
     EXPECT_NE(s.find("needs HOST:PORT"), std::string::npos) << s;
     EXPECT_NE(s.find("unknown option \"starttls=maybe\""), std::string::npos) << s;
+}
+
+TEST(Config, OutboundQueueMemory) {
+    auto r = load_config_text(kGood, "/etc/sluice/sluice.toml");
+    ASSERT_TRUE(r.ok()) << all(r);
+    EXPECT_EQ(r.config->limits.outbound_queue_memory, 128ull << 20);
+    std::string text = kGood;
+    auto at = text.find("[limits]\n") + 9;
+    text.insert(at, "outbound_queue_memory = \"1KiB\"\n");
+    const auto line = std::to_string(std::count(text.begin(), text.begin() + at, '\n') + 1);
+    auto small = load_config_text(text, "/tmp/x.toml");
+    EXPECT_FALSE(small.ok());
+    EXPECT_NE(all(small).find("/tmp/x.toml:" + line +
+                              ":25: limits.outbound_queue_memory: \"1KiB\" (allowed 64KiB.."),
+              std::string::npos)
+        << all(small);
 }
 
 TEST(Config, SpoolGroupCommitKeys) {

@@ -122,7 +122,9 @@ TEST_F(PolicyTest, L101CaseAndTrailingDotGames) {
 TEST_F(PolicyTest, L101DomainFromTheMap) {
     auto d = rcpt(mx, "<a@outside.test>", "<carol@maplocal.test>");
     EXPECT_EQ(d.code, Code::L101);
-    EXPECT_EQ(rcpt(mx, "<a@outside.test>", "<dave@maplocal.test>").code, Code::L103);
+    auto unknown = rcpt(mx, "<a@outside.test>", "<dave@maplocal.test>");
+    EXPECT_EQ(unknown.code, Code::L103);
+    EXPECT_EQ(unknown.source, "local_domains.txt:1");  // where the domain was made local
 }
 
 TEST_F(PolicyTest, L101NullSenderToLocal) {
@@ -217,7 +219,9 @@ TEST_F(PolicyTest, G107PrivilegedNetworkNamesTheNetwork) {
     mx.client = ip("::ffff:10.1.1.1");  // IPv4-mapped: the same address
     EXPECT_EQ(rcpt(mx, "<a@outside.test>", "<x@elsewhere.test>").code, Code::G107);
     mx.client = ip("11.0.0.1");
-    EXPECT_EQ(rcpt(mx, "<a@outside.test>", "<x@elsewhere.test>").code, Code::D111);
+    auto denied = rcpt(mx, "<a@outside.test>", "<x@elsewhere.test>");
+    EXPECT_EQ(denied.code, Code::D111);
+    EXPECT_EQ(denied.source, "/etc/sluice/sluice.toml:11");  // the relay settings
 }
 
 TEST_F(PolicyTest, G107OnlyWhenTheCriterionIsOn) {

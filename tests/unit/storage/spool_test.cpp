@@ -242,6 +242,14 @@ class SpoolTest : public ::testing::Test {
     }
     void TearDown() override { fs::remove_all(root_); }
 
+    // Free bytes where the spool goes (for tests that set their margins from it).
+    std::uint64_t free_here() {
+        fs::create_directories(dir_);
+        struct statvfs st {};
+        EXPECT_EQ(::statvfs(dir_.c_str(), &st), 0);
+        return static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize;
+    }
+
     SpoolOptions options() const {
         SpoolOptions o;
         o.dir = dir_;
@@ -627,10 +635,7 @@ TEST_F(SpoolTest, IdleWriterMakesSpaceAheadOffTheCommitPath) {
 // Zero-filling ahead is best effort and never spends the space kept free: with less than
 // min_free + 4 x zero_ahead available, segments only grow by their records.
 TEST_F(SpoolTest, NoZeroFillWhenSpaceIsShort) {
-    fs::create_directories(dir_);
-    struct statvfs st {};
-    ASSERT_EQ(::statvfs(dir_.c_str(), &st), 0);
-    const std::uint64_t free_now = static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize;
+    const std::uint64_t free_now = free_here();
     ASSERT_GT(free_now, 1ull << 30) << "needs 1 GiB free to set the margins";
     auto o = options();
     o.zero_ahead = 64ull << 20;                    // 4 x 64 MiB above min_free: more than is free
@@ -647,10 +652,7 @@ TEST_F(SpoolTest, NoZeroFillWhenSpaceIsShort) {
 // MAIL's admission sees the free space of now, not of the idle writer's last look (once
 // a second): a disk filled by something else is refused within kStatInterval (100 ms).
 TEST_F(SpoolTest, AdmissionSeesTheDiskFillSoon) {
-    fs::create_directories(dir_);
-    struct statvfs st {};
-    ASSERT_EQ(::statvfs(dir_.c_str(), &st), 0);
-    const std::uint64_t free_now = static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize;
+    const std::uint64_t free_now = free_here();
     ASSERT_GT(free_now, 1ull << 30) << "needs 1 GiB free";
     auto o = options();
     o.min_free_bytes = free_now - (64ull << 20);
