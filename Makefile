@@ -3,20 +3,28 @@
 #   make test   installs what is missing, builds, runs every test suite
 SHELL := /bin/bash
 BUILD ?= build
-DEBS := build-essential pkg-config meson ninja-build libuv1-dev libmbedtls-dev liblmdb-dev \
-        lmdb-utils libtomlplusplus-dev libgtest-dev libbenchmark-dev libcrypt-dev postfix swaks \
-        python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl nlohmann-json3-dev \
-        zlib1g-dev
+# Debian packages, by what needs them (README "Packages" lists each and why). Installed
+# with --no-install-recommends, so what a tool only recommends but our tests use is named
+# here (swaks' Perl modules for TLS and AUTH); tests/preflight.sh checks each capability.
+DEBS_BUILD := build-essential pkg-config meson ninja-build libuv1-dev libmbedtls-dev liblmdb-dev \
+        libtomlplusplus-dev libgtest-dev libbenchmark-dev libcrypt-dev nlohmann-json3-dev zlib1g-dev
+DEBS_TEST := lmdb-utils postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl \
+        libdigest-hmac-perl libio-socket-inet6-perl python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl \
+        ca-certificates
+DEBS_SLOW := testssl.sh bsdextrautils dnsutils procps
+DEBS_FUZZ := clang-14 libclang-rt-14-dev
+DEBS := $(DEBS_BUILD) $(DEBS_TEST) $(DEBS_SLOW) $(DEBS_FUZZ)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build run test test-slow bench fuzz clean format
+.PHONY: all deps deps-test deps-slow deps-fuzz build run test test-slow bench fuzz clean format
 
 all: build
 
 # Only packages that are not installed yet are fetched. Postfix is installed for its
 # smtp-source/smtp-sink tools; its MTA is never started (policy-rc.d denies it).
-deps:
-	@missing=""; for p in $(DEBS); do \
+# `make deps` installs everything every target uses; each target installs its own share.
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -27,31 +35,43 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	  rc=$$?; $(SUDO) rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(DEBS))
+
+deps-test:
+	$(call install_missing,$(DEBS_BUILD) $(DEBS_TEST))
+
+deps-slow:
+	$(call install_missing,$(DEBS_SLOW))
+
+deps-fuzz:
+	$(call install_missing,$(DEBS_FUZZ))
 
 $(BUILD)/build.ninja:
 	meson setup $(BUILD)
 
-build: deps $(BUILD)/build.ninja
+build: deps-test $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
 run: build
 	@packaging/run-example.sh $(BUILD)
 
+# The preflight names the package behind any missing capability before a suite trips on it.
 test: build
+	tests/preflight.sh
 	meson test -C $(BUILD) --print-errorlogs --num-processes 2 --suite unit --suite integration
 
 # Long suites: testssl.sh against a live STARTTLS listener (minutes).
-test-slow: build
-	@dpkg-query -W -f='$${Status}' testssl.sh 2>/dev/null | grep -q 'ok installed' || \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq testssl.sh
+test-slow: build deps-slow
+	tests/preflight.sh --slow
 	meson test -C $(BUILD) --print-errorlogs --suite slow
 
 bench: build
 	bench/run-all.sh $(BUILD)
 
-fuzz:
-	@dpkg-query -W -f='$${Status}' clang-14 libclang-rt-14-dev 2>/dev/null | grep -c 'ok installed' | grep -q 2 || \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq clang-14 libclang-rt-14-dev
+fuzz: deps-fuzz
 	tests/fuzz/run.sh
 
 format:

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The first test of `make test`: every capability the suites rely on, each checked the
+# way the suites use it, so that a missing package is one clear line naming it instead of
+# a confusing failure deep in a suite. `make deps` installs all of them (Makefile DEBS).
+#   tests/preflight.sh           what `make test` needs
+#   tests/preflight.sh --slow    also what `make test-slow` needs
+set -u
+missing=0
+
+# need PACKAGE WHAT COMMAND...: COMMAND must succeed, else PACKAGE is named.
+need() {
+    local pkg=$1 what=$2
+    shift 2
+    if ! "$@" >/dev/null 2>&1; then
+        echo "preflight: missing $what: install Debian package '$pkg' (make deps)"
+        missing=$((missing + 1))
+    fi
+}
+
+# swaks lists what its optional Perl modules give it; TLS and AUTH are recommends only.
+swaks_support() {
+    swaks --support 2>&1 | grep -qx "=== $1 supported"
+}
+
+py_module() {
+    /usr/bin/python3 -c "import $1"
+}
+
+need swaks "swaks" command -v swaks
+need libnet-ssleay-perl "swaks STARTTLS (Net::SSLeay)" swaks_support TLS
+need libauthen-sasl-perl "swaks AUTH" swaks_support "Basic AUTH"
+need libdigest-hmac-perl "swaks AUTH CRAM-MD5 (Digest::HMAC)" swaks_support "AUTH CRAM-MD5"
+need libio-socket-inet6-perl "swaks on ::1 (IO::Socket::INET6)" swaks_support IPv6
+need postfix "smtp-source (Postfix's load generator)" command -v smtp-source
+need postfix "smtp-sink (Postfix's test next hop)" command -v smtp-sink
+need openssl "openssl (test certificates)" command -v openssl
+need lmdb-utils "mdb_stat (LMDB map inspection)" command -v mdb_stat
+need python3-pytest "Python module pytest" py_module pytest
+need python3-aiosmtpd "Python module aiosmtpd" py_module aiosmtpd.controller
+need python3-prometheus-client "Python module prometheus_client" \
+    py_module prometheus_client.parser
+need ca-certificates "the system CA store" test -s /etc/ssl/certs/ca-certificates.crt
+
+if [ "${1:-}" = "--slow" ]; then
+    need testssl.sh "testssl.sh" command -v testssl
+    need dnsutils "dig (testssl.sh)" command -v dig
+fi
+
+if [ "$missing" -gt 0 ]; then
+    echo "preflight: $missing capabilities missing"
+    exit 1
+fi
+echo "preflight: every capability the suites use is here"
