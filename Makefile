@@ -10,7 +10,7 @@ DEBS_BUILD := build-essential pkg-config meson ninja-build libuv1-dev libmbedtls
         libtomlplusplus-dev libgtest-dev libbenchmark-dev libcrypt-dev nlohmann-json3-dev zlib1g-dev
 DEBS_TEST := lmdb-utils postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl \
         libdigest-hmac-perl libio-socket-inet6-perl python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl \
-        ca-certificates
+        ca-certificates haproxy
 DEBS_SLOW := testssl.sh bsdextrautils dnsutils procps
 DEBS_FUZZ := clang-14 libclang-rt-14-dev
 DEBS := $(DEBS_BUILD) $(DEBS_TEST) $(DEBS_SLOW) $(DEBS_FUZZ)

@@ -129,6 +129,9 @@ const Key<Config> config_keys[] = {
     {"limits", "greeting_delay", Kind::duration, "0s", 0, 60'000, "", "hold the greeting this long; clients talking first are refused (554 5.5.0)",
         [](Config& c, const Value& v) { c.limits.greeting_delay = v.d; }},
 
+    {"limits", "proxy_timeout", Kind::duration, "5s", 3000, 60'000, "", "time a listener with proxy_protocol waits for the balancer's whole PROXY header before it closes the connection (proxy-protocol.txt §2: at least 3 s)",
+        [](Config& c, const Value& v) { c.limits.proxy_timeout = v.d; }},
+
     {"limits", "outbound_connections", Kind::integer, "20", 1, 10'000, "", "concurrent connections to one next hop (over all shards)",
         [](Config& c, const Value& v) { c.limits.outbound_connections = static_cast<std::uint32_t>(v.i); }},
     {"limits", "outbound_queue_memory", Kind::size, "128MiB", 64 * 1024, 1ll << 40, "", "message data kept in memory for one next hop (over all shards) while it waits for a connection; more waits on disk and is read back when there is room",
@@ -193,7 +196,7 @@ const Key<ListenerConfig> listener_keys[] = {
         [](ListenerConfig& l, const Value& v) {
             l.tls = v.s == "optional" ? TlsMode::optional : v.s == "required" ? TlsMode::required
                   : v.s == "implicit" ? TlsMode::implicit : TlsMode::off; }},
-    {"", "proxy_protocol", Kind::cidr_list, "[]", 0, 0, "", "CIDRs of trusted load balancers sending PROXY v1/v2",
+    {"", "proxy_protocol", Kind::cidr_list, "[]", 0, 0, "", "CIDRs of the load balancers this listener takes connections from: only they may connect, and each connection must start with a PROXY v1/v2 header naming the client; empty: off",
         [](ListenerConfig& l, const Value& v) { l.proxy_protocol = v.cidrs; }},
     {"", "auth_without_tls", Kind::boolean, "false", 0, 0, "", "offer AUTH in plaintext (loopback addresses only)",
         [](ListenerConfig& l, const Value& v) { l.auth_without_tls = v.b; }},
@@ -621,6 +624,16 @@ LoadResult finish(Loader& loader, const toml::table& root, const std::string& pa
             if (l.auth_without_tls && !is_loopback(l.address.ip)) {
                 loader.error(t->source(), "listener \"" + l.name +
                                               "\": auth_without_tls is only allowed on loopback");
+            }
+            for (const auto& c : l.proxy_protocol) {
+                // proxy-protocol.txt §5: a header is only trusted from known proxies; a
+                // catch-all would let any client name its own address (and its privileges).
+                if (c.family_prefix() == 0) {
+                    loader.error(t->source(), "listener \"" + l.name + "\": proxy_protocol " +
+                                                  format_cidr(c) +
+                                                  " trusts every peer to name its own address; "
+                                                  "list the load balancers");
+                }
             }
             if (l.tls != TlsMode::off && (cfg->tls.certificate.empty() || cfg->tls.key.empty())) {
                 loader.error(t->source(), "listener \"" + l.name + "\": tls = \"" +

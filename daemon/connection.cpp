@@ -54,32 +54,105 @@ void Connection::accept(Shard& shard, uv_stream_t* server, std::size_t listener_
     int len = sizeof ss;
     uv_tcp_getpeername(&c->tcp_, reinterpret_cast<sockaddr*>(&ss), &len);
     c->peer_ = ip_from_sockaddr(reinterpret_cast<sockaddr*>(&ss));
-    std::uint16_t port =
+    c->port_ =
         ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
                                       : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+    c->snapshot_ = shard.snapshot();
+    c->listener_index_ = listener_index;
 
-    const auto& snap = shard.snapshot();
+    const auto& trusted = c->snapshot_->config->listeners[listener_index].proxy_protocol;
+    if (!trusted.empty()) {
+        // proxy-protocol.txt §2 and §5: such a listener speaks only the PROXY protocol, and
+        // only with the listed balancers; their header comes before anything else (no
+        // greeting, no TLS handshake until it is complete).
+        c->proxy_ = c->peer_;
+        if (std::none_of(trusted.begin(), trusted.end(),
+                         [&](const Cidr& n) { return n.contains(c->peer_); })) {
+            c->refuse_proxy("proxy_untrusted", {}, Level::warn);
+            return;
+        }
+        c->proxy_reader_ = std::make_unique<proxy::Reader>();
+        c->reading_ =
+            uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp_), on_alloc, on_read) == 0;
+        return;
+    }
+    c->begin({}, nullptr);
+}
+
+void Connection::read_proxy_header(std::string_view bytes) {
+    auto r = proxy_reader_->feed(bytes);
+    if (r.status == proxy::Status::need_more) {
+        return;
+    }
+    if (r.status == proxy::Status::error) {
+        refuse_proxy("proxy_invalid", proxy::error_name(r.error), Level::warn);
+        return;
+    }
+    std::string early = proxy_reader_->take_rest();
+    proxy_reader_.reset();
+    if (r.header.kind == proxy::Kind::proxied) {
+        peer_ = r.header.source.ip;
+        port_ = r.header.source.port;
+    }
+    // LOCAL (a health check) and UNKNOWN: "use the real connection endpoints" (§2.1, §2.2):
+    // the balancer is the client.
+    begin(early, &r.header);
+}
+
+void Connection::refuse_proxy(std::string_view result, std::string_view error, Level level) {
+    bool silent = result == "proxy_closed" && proxy_reader_ && proxy_reader_->received() == 0;
+    if (!silent) {
+        shard_.metrics()
+            .connections[listener_index_][static_cast<int>(ConnResult::proxy_refused)]
+            .add();
+    }
+    // A balancer's plain TCP check connects and closes: not worth a line above debug.
+    LogLine line(silent ? Level::debug : level, "connect", shard_.index());
+    // Not a listed balancer: the peer is the client. Else the client is unknown.
+    line.kv(result == "proxy_untrusted" ? "client" : "proxy", format_ip(peer_))
+        .kv("listener", snapshot_->config->listeners[listener_index_].name)
+        .kv("result", result);
+    if (!error.empty()) {
+        line.kv("error", error);
+    }
+    line.emit();
+    close_handle();
+}
+
+void Connection::begin(std::string_view early, const proxy::Header* header) {
+    Shard& shard = shard_;
+    const auto& snap = snapshot_;
     const Config& cfg = *snap->config;
+    const std::size_t listener_index = listener_index_;
     auto& conn_metrics = shard.metrics().connections[listener_index];
-    auto lim = shard.limiter().acquire(c->peer_, cfg.server.max_connections,
+    auto lim = shard.limiter().acquire(peer_, cfg.server.max_connections,
                                        cfg.server.max_connections_per_ip);
     if (lim != ConnectionLimiter::Result::ok) {
         // Refused before any session state exists: one reply, then close (RFC 5321 §3.1).
         conn_metrics[static_cast<int>(ConnResult::over_limit)].add();
+        if (reading_) {
+            uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+            reading_ = false;
+        }
         std::string out;
         append_reply(out, lim == ConnectionLimiter::Result::global_limit
                               ? Reply::too_many_connections
                               : Reply::too_many_connections_from_ip);
-        LogLine(Level::warn, "connect", shard.index())
-            .kv("client", format_ip(c->peer_))
-            .kv("listener", cfg.listeners[listener_index].name)
+        LogLine line(Level::warn, "connect", shard.index());
+        line.kv("client", format_ip(peer_));
+        if (proxy_) {
+            line.kv("proxy", format_ip(*proxy_));
+        }
+        line.kv("listener", cfg.listeners[listener_index].name)
             .kv("result",
                 lim == ConnectionLimiter::Result::global_limit ? "global_limit" : "ip_limit");
-        c->writing_ = std::move(out);
-        c->write_in_flight_ = true;
-        uv_buf_t b = uv_buf_init(c->writing_.data(), static_cast<unsigned>(c->writing_.size()));
-        c->write_req_.data = c;
-        uv_write(&c->write_req_, reinterpret_cast<uv_stream_t*>(&c->tcp_), &b, 1,
+        line.emit();
+        flush_thread_log();  // on record before the client sees the refusal
+        writing_ = std::move(out);
+        write_in_flight_ = true;
+        uv_buf_t b = uv_buf_init(writing_.data(), static_cast<unsigned>(writing_.size()));
+        write_req_.data = this;
+        uv_write(&write_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1,
                  [](uv_write_t* req, int) {
                      auto* self = static_cast<Connection*>(req->data);
                      self->write_in_flight_ = false;
@@ -87,39 +160,55 @@ void Connection::accept(Shard& shard, uv_stream_t* server, std::size_t listener_
                  });
         return;
     }
-    c->limiter_held_ = true;
+    limiter_held_ = true;
 
     smtp::SessionParams p;
     p.snapshot = snap;
     p.listener = &cfg.listeners[listener_index];
     p.listener_index = listener_index;
     p.maps = &shard.maps();
-    p.hooks = c;
+    p.hooks = this;
     p.metrics = &shard.metrics();
-    p.client = c->peer_;
-    p.client_port = port;
+    p.client = peer_;
+    p.client_port = port_;
+    p.proxy = proxy_;
     p.shard = shard.index();
     p.id = new_session_id();
     p.greeting_delay = cfg.limits.greeting_delay;
     const auto& listener = cfg.listeners[listener_index];
-    c->tls_config_ = snap->tls;
-    p.tls_available = c->tls_config_ != nullptr &&
+    tls_config_ = snap->tls;
+    p.tls_available = tls_config_ != nullptr &&
                       (listener.tls == TlsMode::optional || listener.tls == TlsMode::required);
-    c->tls_implicit_ = c->tls_config_ != nullptr && listener.tls == TlsMode::implicit;
-    p.tls_active = c->tls_implicit_;
-    c->session_ = std::make_unique<smtp::Session>(std::move(p));
-    if (c->tls_implicit_) {
+    tls_implicit_ = tls_config_ != nullptr && listener.tls == TlsMode::implicit;
+    p.tls_active = tls_implicit_;
+    if (header != nullptr) {
+        // The session's connect line: who the client is, and the balancer that said so.
+        LogLine(Level::info, "connect", shard.index(), p.id)
+            .kv("client", format_ip(peer_))
+            .kv("client_port", static_cast<unsigned>(port_))
+            .kv("proxy", format_ip(*proxy_))
+            .kv("listener", listener.name)
+            .kv("result", "proxied")
+            .kv("header", header->version == 1 ? "v1" : "v2")
+            .kv("command", proxy::kind_name(header->kind));
+    }
+    session_ = std::make_unique<smtp::Session>(std::move(p));
+    if (tls_implicit_) {
         // Port 465: the session (and its greeting) begins once the handshake is done.
-        c->start_tls();
+        start_tls();
     } else {
-        c->session_started_ = true;
-        c->session_->start(smtp::Clock::now());
+        session_started_ = true;
+        session_->start(smtp::Clock::now());
     }
-    if (!c->session_->closed()) {
-        c->reading_ =
-            uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp_), on_alloc, on_read) == 0;
+    if (!session_->closed() && !reading_) {
+        reading_ = uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), on_alloc, on_read) == 0;
     }
-    c->flush();
+    if (!early.empty()) {
+        // The client's first bytes (TLS or SMTP) came in the same read as the header.
+        receive(early);
+        return;
+    }
+    flush();
 }
 
 void Connection::on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
@@ -130,31 +219,44 @@ void Connection::on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
 
 void Connection::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
     auto* c = static_cast<Connection*>(s->data);
-    if (n == 0) {
+    if (n == 0 || c->closing_) {
+        return;
+    }
+    const char* why =
+        n > 0 ? "" : n == UV_EOF ? "peer_closed" : uv_err_name(static_cast<int>(n));
+    if (c->proxy_reader_) {
+        if (n < 0) {
+            c->refuse_proxy("proxy_closed", why, Level::info);
+        } else {
+            c->read_proxy_header(std::string_view(buf->base, static_cast<std::size_t>(n)));
+        }
         return;
     }
     if (n < 0) {
-        c->session_->peer_closed(n == UV_EOF ? "peer_closed" : uv_err_name(static_cast<int>(n)));
+        c->session_->peer_closed(why);
         c->close_handle();
         return;
     }
-    std::string_view bytes(buf->base, static_cast<std::size_t>(n));
-    if (c->tls_) {
+    c->receive(std::string_view(buf->base, static_cast<std::size_t>(n)));
+}
+
+void Connection::receive(std::string_view bytes) {
+    if (tls_) {
         std::string plain;
-        if (!c->receive_tls(bytes, plain)) {
-            c->flush();
-            c->close_handle();
+        if (!receive_tls(bytes, plain)) {
+            flush();
+            close_handle();
             return;
         }
         if (!plain.empty()) {
-            c->session_->receive(plain, smtp::Clock::now());
+            session_->receive(plain, smtp::Clock::now());
         }
     } else {
-        c->session_->receive(bytes, smtp::Clock::now());
+        session_->receive(bytes, smtp::Clock::now());
     }
-    c->sync_expectation();
-    c->flush();
-    c->update_reading();
+    sync_expectation();
+    flush();
+    update_reading();
 }
 
 void Connection::sync_expectation(bool force_off) {
@@ -315,7 +417,17 @@ void Connection::release() {
 }
 
 void Connection::tick(smtp::Clock::time_point now) {
-    if (closing_ || !session_) {
+    if (closing_) {
+        return;
+    }
+    if (proxy_reader_) {
+        // The whole header within limits.proxy_timeout of the accept, however it trickles.
+        if (now - accepted_at_ >= snapshot_->config->limits.proxy_timeout) {
+            refuse_proxy("proxy_timeout", {}, Level::warn);
+        }
+        return;
+    }
+    if (!session_) {
         return;
     }
     if (!session_started_) {
@@ -331,6 +443,10 @@ void Connection::tick(smtp::Clock::time_point now) {
 }
 
 void Connection::shutdown() {
+    if (!closing_ && proxy_reader_) {
+        close_handle();  // no session yet: nobody to say 421 to
+        return;
+    }
     if (closing_ || !session_) {
         return;
     }

@@ -9,8 +9,11 @@
 #include <uv.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "common/log.hpp"
+#include "daemon/proxy/proxy_header.hpp"
 #include "daemon/session.hpp"
 #include "daemon/smtp_client.hpp"
 #include "daemon/tls.hpp"
@@ -46,6 +49,13 @@ class Connection final : public smtp::SessionHooks {
     static void on_write(uv_write_t* req, int status);
     static void on_close(uv_handle_t* h);
 
+    // Pre-session phase of a proxy_protocol listener: the balancer's header, then begin().
+    void read_proxy_header(std::string_view bytes);
+    void refuse_proxy(std::string_view result, std::string_view error, Level level);
+    // Limits (on the client's address), then the session; `early` are client bytes that
+    // came with the PROXY header.
+    void begin(std::string_view early, const proxy::Header* header);
+    void receive(std::string_view bytes);  // peer bytes for the session (through TLS if on)
     void flush();
     void stage_output();  // session replies -> (TLS) -> sendbuf_
     void start_tls();     // after the 220 to STARTTLS, or at accept for implicit TLS
@@ -77,7 +87,14 @@ class Connection final : public smtp::SessionHooks {
     bool limiter_held_ = false;
     bool expecting_ = false;  // counted in the spool's expected commits
     int refs_ = 1;            // the handle; +1 per thread-pool job
-    IpAddr peer_;
+    IpAddr peer_;  // the client: the PROXY header's source on a proxy_protocol listener
+    std::uint16_t port_ = 0;
+    std::size_t listener_index_ = 0;
+    std::shared_ptr<const Snapshot> snapshot_;  // the generation the connection came in on
+    // proxy_protocol listeners: the header as it arrives (null once the session began), and
+    // the balancer's own address.
+    std::unique_ptr<proxy::Reader> proxy_reader_;
+    std::optional<IpAddr> proxy_;
     std::unique_ptr<smtp::Session> session_;
 
     friend class Shard;

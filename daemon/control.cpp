@@ -237,6 +237,14 @@ json explain(const Snapshot& snapshot, const policy::Maps& maps, const ExplainAr
     j["listener"] = listener->name;
     j["role"] = std::string(to_string(listener->role));
     j["client"] = format_ip(*ip);
+    if (!listener->proxy_protocol.empty()) {
+        // Behind a load balancer the client is the address its PROXY header names, the one
+        // --client stands for; the balancers themselves connect to this listener.
+        auto& balancers = j["proxy_protocol"] = json::array();
+        for (const auto& c : listener->proxy_protocol) {
+            balancers.push_back(format_cidr(c));
+        }
+    }
     j["tls"] = facts.tls;
     j["auth"] = a.auth;
     j["helo"] = a.helo;

@@ -19,7 +19,16 @@ inline constexpr std::size_t kDecisionCodes = 32;  // >= policy::Code count
 inline constexpr std::array<double, 10> kDurationBuckets = {0.01, 0.05, 0.1, 0.5, 1,
                                                             5,    10,   30,  60,  300};
 
-enum class ConnResult : std::uint8_t { accepted, filtered, over_limit, shutting_down, count_ };
+// proxy_refused: a proxy_protocol listener closed it before the session (peer not a listed
+// balancer, or its PROXY header invalid or not complete in time).
+enum class ConnResult : std::uint8_t {
+    accepted,
+    filtered,
+    over_limit,
+    shutting_down,
+    proxy_refused,
+    count_
+};
 enum class MsgResult : std::uint8_t { accepted, rejected, failed, count_ };
 enum class DeliveryResult : std::uint8_t { delivered, deferred, bounced, count_ };
 // TLS handshakes (STARTTLS and implicit): completed in full, resumed from a ticket, failed.

@@ -909,6 +909,9 @@ void Session::log_decision(std::string_view event, const policy::Decision& d, st
     }
     LogLine line(Level::info, event, p_.shard, p_.id);
     line.kv("code", policy::code_name(d.code)).kv("client", format_ip(p_.client));
+    if (p_.proxy) {
+        line.kv("proxy", format_ip(*p_.proxy));
+    }
     if (!helo_.empty()) {
         line.kv("helo", helo_);
     }
@@ -940,9 +943,12 @@ void Session::close(std::string_view why) {
     in_.clear();
     auto secs = std::chrono::duration<double>(Clock::now() - started_).count();
     p_.metrics->observe_duration(secs);
-    LogLine(Level::info, "session", p_.shard, p_.id)
-        .kv("client", format_ip(p_.client))
-        .kv("listener", p_.listener->name)
+    LogLine line(Level::info, "session", p_.shard, p_.id);
+    line.kv("client", format_ip(p_.client));
+    if (p_.proxy) {
+        line.kv("proxy", format_ip(*p_.proxy));  // the load balancer it came through
+    }
+    line.kv("listener", p_.listener->name)
         .kv("helo", helo_)
         .kv("msgs", messages_)
         .kv("rcpts", recipients_)

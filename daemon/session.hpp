@@ -86,8 +86,9 @@ struct SessionParams {
     const policy::Maps* maps = nullptr;
     SessionHooks* hooks = nullptr;
     ShardMetrics* metrics = nullptr;
-    IpAddr client;
+    IpAddr client;  // behind a load balancer: the client its PROXY header names
     std::uint16_t client_port = 0;
+    std::optional<IpAddr> proxy;  // the balancer that named `client` (listener proxy_protocol)
     int shard = 0;
     std::string id;              // session id for logs
     Millis greeting_delay{0};    // hold the greeting; input before it is an early talker

@@ -121,6 +121,8 @@ std::string_view result_name(ConnResult r) {
             return "over_limit";
         case ConnResult::shutting_down:
             return "shutting_down";
+        case ConnResult::proxy_refused:
+            return "proxy_refused";
         case ConnResult::count_:
             break;
     }

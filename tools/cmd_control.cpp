@@ -57,7 +57,8 @@ constexpr const char* kExplainHelp =
     "  --to ADDR        the recipient\n"
     "  --auth USER      as if the client had authenticated as USER\n"
     "  --helo NAME      the HELO/EHLO name\n"
-    "  --listener NAME  the listener the client came in on (default: the first)\n"
+    "  --listener NAME  the listener the client came in on (default: the first); on one\n"
+    "                   with proxy_protocol, --client is the address the PROXY header names\n"
     "  --tls            as if the client had used TLS (default: when the listener requires it)\n";
 
 struct Common {
@@ -375,6 +376,14 @@ int cmd_explain(const Args& args, const Options& opts) {
               << s("role") << (r.value("tls", false) ? ", tls" : "")
               << (s("auth").empty() ? "" : ", auth " + s("auth")) << "), from " << s("from")
               << " to " << s("to") << ", generation " << r.value("generation", 0) << "\n";
+    if (r.contains("proxy_protocol")) {
+        std::string balancers;
+        for (const auto& c : r["proxy_protocol"]) {
+            balancers += (balancers.empty() ? "" : ", ") + c.get<std::string>();
+        }
+        std::cout << "proxy:      " << s("listener") << " takes the client from the PROXY header of "
+                  << balancers << "\n";
+    }
     return kOk;
 }
 
