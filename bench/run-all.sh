@@ -10,6 +10,8 @@ echo "== relay decision per RCPT (parse_path, decide_rcpt over LMDB maps)"
 "$root/$build/bench/policy_bench" --benchmark_min_time=0.5
 echo "== receiving rate vs smtp-sink"
 "$root/bench/load.sh" "$build" 3
+echo "== behind HAProxy with PROXY v2 vs direct"
+"$root/bench/proxy_vs_direct.sh" "$build" 3
 echo "== STARTTLS vs plaintext, 20 sessions x 10 KB"
 /usr/bin/python3 "$root/bench/tls_throughput.py" "$build" 4000
 echo "== TLS handshake cost vs raw ECDHE+ECDSA"
