@@ -189,6 +189,20 @@ class Linter {
                     key + " contains server.nat_router " + cfg_.server.nat_router +
                         ": connections forwarded by the NAT router would be trusted" + unused);
             }
+            for (const auto& l : cfg_.listeners) {
+                for (const auto& b : l.proxy_protocol) {
+                    // CIDRs are nested or disjoint. A balancer's own connections (v2 LOCAL
+                    // health checks, v1 UNKNOWN, proxy-protocol.txt §2.1-2.2) run as its
+                    // address: inside a privileged network they could relay.
+                    if (!flagged && (n.cidr.contains(b.base) || b.contains(n.cidr.base))) {
+                        add(Severity::warning, where,
+                            key + " overlaps the load balancer " + format_cidr(b) +
+                                " of listener " + quoted(l.name) +
+                                " (proxy_protocol): its own connections, whose PROXY header "
+                                "names no client, would be trusted to relay");
+                    }
+                }
+            }
         }
         if (used && maps_.privileged_networks.empty() && !maps_.privileged_networks_unreadable) {
             add(Severity::warning, config_ref(cfg_, "relay.privileged_networks"),

@@ -18,6 +18,8 @@
 //   warning  a privileged network wider than IPv4 /16 or IPv6 /48 (tighten it)
 //   error    a privileged network containing server.nat_router (every connection the NAT
 //            router forwards from the internet would come from a trusted address)
+//   warning  a privileged network overlapping a listener's proxy_protocol balancers (their
+//            own connections, health checks or PROXY UNKNOWN, run as the balancer)
 //   (the three above are warnings while relay.privileged_networks is off or relaying is
 //    disabled: the map is then unused, but would open the relay the day it is turned on)
 //   warning  relay.privileged_networks on but the map is empty

@@ -131,6 +131,29 @@ TEST(Lint, NatRouterInsidePrivilegedNetwork) {
         << text(d);
 }
 
+TEST(Lint, LoadBalancerInsidePrivilegedNetwork) {
+    auto cfg = config(R"(
+[[listener]]
+name = "mx-lb"
+address = "127.0.0.1:2526"
+proxy_protocol = ["10.1.2.10/32", "10.9.0.0/24"]
+)");
+    ASSERT_TRUE(cfg);
+    auto d = lint(*cfg, privileged({{"10.1.2.0/24", "dmz", "/m/priv.txt:2"},
+                                    {"10.9.0.128/25", "lb-net", "/m/priv.txt:3"},
+                                    {"10.3.0.0/24", "office", "/m/priv.txt:4"}}));
+    EXPECT_EQ(errors(d), 0) << text(d);
+    EXPECT_NE(text(d).find("/m/priv.txt:2:1: warning: privileged_networks: \"10.1.2.0/24\" "
+                           "overlaps the load balancer 10.1.2.10/32 of listener \"mx-lb\""),
+              std::string::npos)
+        << text(d);
+    EXPECT_NE(text(d).find("/m/priv.txt:3:1: warning: privileged_networks: \"10.9.0.128/25\" "
+                           "overlaps the load balancer 10.9.0.0/24"),
+              std::string::npos)
+        << text(d);
+    EXPECT_EQ(text(d).find("10.3.0.0/24"), std::string::npos) << text(d);
+}
+
 TEST(Lint, EmptyPrivilegedNetworksMap) {
     auto cfg = config();
     ASSERT_TRUE(cfg);
