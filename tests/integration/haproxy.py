@@ -3,6 +3,7 @@ config in a temp dir, in the foreground (`-db`), stopped by its own pid. Its sys
 is never used (the Makefile's installs deny service starts).
 
     with HAProxy({"v1": (backend_port, "send-proxy"), "v2": (backend_port, "send-proxy-v2")}) as h:
+    (a third item and more are lines for the backend section, e.g. "option smtpchk")
         h.ports["v1"]   # where clients connect; HAProxy connects to backend_port from
                         # 127.0.0.1 and sends the PROXY header named by the option
 """
@@ -35,7 +36,7 @@ frontend fe_{name}
     default_backend be_{name}
 
 backend be_{name}
-    server s 127.0.0.1:{backend} {option} source 127.0.0.1
+{backend_lines}    server s 127.0.0.1:{backend} {option} source 127.0.0.1
 """
 
 
@@ -44,11 +45,14 @@ class HAProxy:
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="sluice-haproxy-"))
         self.ports = {}
         text = CONFIG
-        for name, (backend, option) in frontends.items():
+        text = text.replace("nbthread 1", f"nbthread 1\n    stats socket {self.dir}/admin.sock")
+        for name, spec in frontends.items():
+            backend, option = spec[0], spec[1]
+            backend_lines = "".join(f"    {l}\n" for l in spec[2:])
             self.ports[name] = free_port()
             text += FRONTEND.format(name=name, port=self.ports[name], backend=backend,
-                                    option=option).replace("source 127.0.0.1",
-                                                           f"source {source}")
+                                    option=option, backend_lines=backend_lines).replace(
+                                        "source 127.0.0.1", f"source {source}")
         self.config = self.dir / "haproxy.cfg"
         self.config.write_text(text)
         self.log_path = self.dir / "haproxy.log"
@@ -82,6 +86,29 @@ class HAProxy:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def admin(self, command):
+        """One command on HAProxy's stats socket (e.g. "show stat"); its answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(self.dir / "admin.sock"))
+            s.sendall(command.encode() + b"\n")
+            out = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return out.decode(errors="replace")
+                out += chunk
+
+    def server_check(self, backend):
+        """(status, check_status) of the one server of backend `backend`, from show stat."""
+        lines = self.admin("show stat").splitlines()
+        head = lines[0].lstrip("# ").split(",")
+        for line in lines[1:]:
+            row = dict(zip(head, line.split(",")))
+            if row.get("pxname") == f"be_{backend}" and row.get("svname") == "s":
+                return row.get("status"), row.get("check_status")
+        return None, None
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:

@@ -220,6 +220,35 @@ def test_v2_local_is_the_balancers_own_health_check(tmp_path):
         assert "192.0.2.66" not in d.log()
 
 
+def test_haproxy_smtp_health_check_over_v2_local(tmp_path):
+    """HAProxy's own SMTP check (option smtpchk, check-send-proxy: a v2 LOCAL header, then
+    HELO) sees a working server."""
+    with proxy_daemon(tmp_path) as d, HAProxy({"chk": (
+            d.pp_port, "send-proxy-v2 check check-send-proxy inter 300 fall 2 rise 1",
+            "option smtpchk HELO balancer.test")}) as h:
+        assert wait_for(lambda: [l for l in d.log_lines("connect")
+                                 if "command=local" in l and f"client={BALANCER} " in l])
+        assert wait_for(lambda: h.server_check("chk")[1] == "L7OK"), h.server_check("chk")
+        assert h.server_check("chk")[0] == "UP"
+        assert wait_for(lambda: [l for l in d.log_lines("session")
+                                 if "helo=balancer.test" in l and f"proxy={BALANCER} " in l])
+
+
+def test_ipv6_client_through_a_v1_header(tmp_path):
+    with proxy_daemon(tmp_path) as d:
+        c = RawFrom(BALANCER, d.pp_port)
+        c.send(b"PROXY TCP6 2001:db8::7 ::1 40000 25\r\n")
+        assert c.reply()[0].startswith("220 ")
+        c.cmd("EHLO client.test")
+        assert code(c.cmd("MAIL FROM:<a@outside.test>")) == "250 2.1.0"
+        assert code(c.cmd("RCPT TO:<user@example.test>")) == "250 2.1.5"
+        assert c.cmd("DATA")[0].startswith("354")
+        assert c.cmd("Subject: six\r\n\r\nhi\r\n.")[0].startswith("250")
+        c.cmd("QUIT")
+        text = d.messages()[0].read_text()
+        assert "([IPv6:2001:db8::7])" in text
+
+
 def refused(d, conn, expect_result, expect_error=None, seconds=20):
     """The connection is closed without a greeting and the refusal is on record."""
     assert conn.closed(timeout=seconds), "still open"
