@@ -54,9 +54,8 @@ void Connection::accept(Shard& shard, uv_stream_t* server, std::size_t listener_
     int len = sizeof ss;
     uv_tcp_getpeername(&c->tcp_, reinterpret_cast<sockaddr*>(&ss), &len);
     c->peer_ = ip_from_sockaddr(reinterpret_cast<sockaddr*>(&ss));
-    c->port_ =
-        ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
-                                      : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+    c->port_ = ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
+                                             : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
     c->snapshot_ = shard.snapshot();
     c->listener_index_ = listener_index;
 
@@ -222,8 +221,7 @@ void Connection::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
     if (n == 0 || c->closing_) {
         return;
     }
-    const char* why =
-        n > 0 ? "" : n == UV_EOF ? "peer_closed" : uv_err_name(static_cast<int>(n));
+    const char* why = n > 0 ? "" : n == UV_EOF ? "peer_closed" : uv_err_name(static_cast<int>(n));
     if (c->proxy_reader_) {
         if (n < 0) {
             c->refuse_proxy("proxy_closed", why, Level::info);

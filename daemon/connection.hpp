@@ -87,7 +87,8 @@ class Connection final : public smtp::SessionHooks {
     bool limiter_held_ = false;
     bool expecting_ = false;  // counted in the spool's expected commits
     int refs_ = 1;            // the handle; +1 per thread-pool job
-    IpAddr peer_;  // the client: the PROXY header's source on a proxy_protocol listener
+    // The client: on a proxy_protocol listener, the PROXY header's source.
+    IpAddr peer_;
     std::uint16_t port_ = 0;
     std::size_t listener_index_ = 0;
     std::shared_ptr<const Snapshot> snapshot_;  // the generation the connection came in on

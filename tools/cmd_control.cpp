@@ -381,8 +381,8 @@ int cmd_explain(const Args& args, const Options& opts) {
         for (const auto& c : r["proxy_protocol"]) {
             balancers += (balancers.empty() ? "" : ", ") + c.get<std::string>();
         }
-        std::cout << "proxy:      " << s("listener") << " takes the client from the PROXY header of "
-                  << balancers << "\n";
+        std::cout << "proxy:      " << s("listener")
+                  << " takes the client from the PROXY header of " << balancers << "\n";
     }
     return kOk;
 }

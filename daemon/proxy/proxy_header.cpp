@@ -270,10 +270,11 @@ Error check_tlvs(std::string_view header, std::size_t at) {
             std::uint32_t c = crc32c(0, header.substr(0, value));
             c = crc32c(c, std::string_view(zeros, 4));
             c = crc32c(c, header.substr(value + 4));
-            std::uint32_t sent = (std::uint32_t{static_cast<std::uint8_t>(header[value])} << 24) |
-                                 (std::uint32_t{static_cast<std::uint8_t>(header[value + 1])} << 16) |
-                                 (std::uint32_t{static_cast<std::uint8_t>(header[value + 2])} << 8) |
-                                 std::uint32_t{static_cast<std::uint8_t>(header[value + 3])};
+            std::uint32_t sent =
+                (std::uint32_t{static_cast<std::uint8_t>(header[value])} << 24) |
+                (std::uint32_t{static_cast<std::uint8_t>(header[value + 1])} << 16) |
+                (std::uint32_t{static_cast<std::uint8_t>(header[value + 2])} << 8) |
+                std::uint32_t{static_cast<std::uint8_t>(header[value + 3])};
             if (c != sent) {
                 return Error::v2_bad_checksum;
             }

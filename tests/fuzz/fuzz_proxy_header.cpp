@@ -37,7 +37,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (whole.status == Status::done) {
         const std::size_t max = whole.header.version == 1 ? limits::kV1MaxLine : limits::kV2MaxSize;
         if (whole.consumed == 0 || whole.consumed > max || fed.consumed != whole.consumed ||
-            fed.header.kind != whole.header.kind || !(fed.header.source.ip == whole.header.source.ip) ||
+            fed.header.kind != whole.header.kind ||
+            !(fed.header.source.ip == whole.header.source.ip) ||
             fed.header.source.port != whole.header.source.port) {
             std::abort();
         }

@@ -129,8 +129,8 @@ TEST(ProxyV1, Tcp4) {
 }
 
 TEST(ProxyV1, Tcp6FullCompressedAndMapped) {
-    auto h = expect_done(
-        "PROXY TCP6 2001:0db8:0000:0000:0000:0000:0000:0007 2001:db8::1 65535 0\r\n");
+    auto h =
+        expect_done("PROXY TCP6 2001:0db8:0000:0000:0000:0000:0000:0007 2001:db8::1 65535 0\r\n");
     EXPECT_EQ(ip(h.source), "2001:db8::7");
     EXPECT_EQ(h.source.port, 65535);
     EXPECT_EQ(h.destination.port, 0);
@@ -189,8 +189,7 @@ TEST(ProxyV1, Addresses) {
     for (const char* bad : {"192.0.2.09", "192.0.2.256", "192.0.2", "192.0.2.9.1", "192.0..9",
                             "::1", "0x7f.0.0.1", "192.0.2.9a", "-1.0.0.1", "1.2.3.4 "}) {
         expect_error("PROXY TCP4 "s + bad + " 198.51.100.1 1 25\r\n",
-                     std::string(bad) == "1.2.3.4 " ? Error::v1_bad_syntax
-                                                    : Error::v1_bad_address);
+                     std::string(bad) == "1.2.3.4 " ? Error::v1_bad_syntax : Error::v1_bad_address);
     }
     // Each family's own form only.
     expect_error("PROXY TCP6 192.0.2.9 ::1 1 25\r\n", Error::v1_bad_address);
@@ -265,7 +264,8 @@ TEST(ProxyV2, TlvsAreSkipped) {
     // NOOP, a custom and an experimental type, and the SSL TLV with sub-TLVs (§2.2.6).
     std::string ssl = "\x01"s + be32(0) + tlv(0x21, "TLSv1.3") + tlv(0x22, "client.example");
     auto body = kInet4Block + tlv(0x04, "") + tlv(0xe0, "anything\0at all"s) +
-                tlv(0xf0, std::string(300, '\xff')) + tlv(0x20, ssl) + tlv(0x05, std::string(128, 'u'));
+                tlv(0xf0, std::string(300, '\xff')) + tlv(0x20, ssl) +
+                tlv(0x05, std::string(128, 'u'));
     auto h = expect_done(v2(0x21, 0x11, body));
     EXPECT_EQ(h.kind, Kind::proxied);
     EXPECT_EQ(ip(h.source), "192.0.2.9");
@@ -312,8 +312,8 @@ TEST(ProxyV2, VersionCommandFamily) {
 
 TEST(ProxyV2, SizeBound) {
     // Exactly kV2MaxSize is taken; one byte more is refused from the length field alone.
-    std::size_t room = limits::kV2MaxSize - limits::kV2FixedSize - kInet4Block.size() -
-                       limits::kTlvHeaderSize;
+    std::size_t room =
+        limits::kV2MaxSize - limits::kV2FixedSize - kInet4Block.size() - limits::kTlvHeaderSize;
     expect_done(v2(0x21, 0x11, kInet4Block + tlv(0x04, std::string(room, 'n'))));
     std::string over = v2(0x21, 0x11, kInet4Block + tlv(0x04, std::string(room + 1, 'n')));
     expect_error(over, Error::v2_too_long, 15);
@@ -324,8 +324,8 @@ TEST(ProxyV2, SizeBound) {
 TEST(ProxyReader, HoldsAtMostOneHeaderWhileWaiting) {
     // A peer that trickles a 2048-byte header never makes the reader keep more, and the
     // reader answers need_more until the last byte.
-    std::size_t room = limits::kV2MaxSize - limits::kV2FixedSize - kInet4Block.size() -
-                       limits::kTlvHeaderSize;
+    std::size_t room =
+        limits::kV2MaxSize - limits::kV2FixedSize - kInet4Block.size() - limits::kTlvHeaderSize;
     std::string h = v2(0x21, 0x11, kInet4Block + tlv(0x04, std::string(room, 'n')));
     Reader reader;
     for (std::size_t i = 0; i + 1 < h.size(); ++i) {
