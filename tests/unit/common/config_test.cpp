@@ -176,6 +176,40 @@ TEST(Config, OutboundQueueMemory) {
         << all(small);
 }
 
+TEST(Config, ProxyProtocolListeners) {
+    auto r = load_config_text(kGood, "/etc/sluice/sluice.toml");
+    ASSERT_TRUE(r.ok()) << all(r);
+    EXPECT_EQ(r.config->limits.proxy_timeout, Millis(5000));
+    EXPECT_TRUE(r.config->listeners[0].proxy_protocol.empty());
+    const char* t = R"(
+[[listener]]
+name = "lb"
+address = "127.0.0.1:25"
+proxy_protocol = ["10.0.0.10", "2001:db8::/64"]
+[[listener]]
+name = "any4"
+address = "127.0.0.1:26"
+proxy_protocol = ["10.0.0.10/32", "0.0.0.0/0"]
+[[listener]]
+name = "any6"
+address = "127.0.0.1:27"
+proxy_protocol = ["::/0"]
+[limits]
+proxy_timeout = "1s"
+)";
+    auto bad = load_config_text(t, "/tmp/p.toml");
+    ASSERT_FALSE(bad.ok());
+    auto s = all(bad);
+    // proxy-protocol.txt §2: at least 3 s, to cover a TCP retransmit.
+    EXPECT_NE(s.find("limits.proxy_timeout: \"1s\" (allowed 3s.."), std::string::npos) << s;
+    EXPECT_NE(s.find("listener \"any4\": proxy_protocol 0.0.0.0/0 trusts every peer"),
+              std::string::npos)
+        << s;
+    EXPECT_NE(s.find("listener \"any6\": proxy_protocol ::/0 trusts every peer"), std::string::npos)
+        << s;
+    EXPECT_EQ(s.find("listener \"lb\""), std::string::npos) << s;
+}
+
 TEST(Config, SpoolGroupCommitKeys) {
     auto r = load_config_text(kGood, "/etc/sluice/sluice.toml");
     ASSERT_TRUE(r.ok()) << all(r);
