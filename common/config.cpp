@@ -121,6 +121,8 @@ const Key<Config> config_keys[] = {
         [](Config& c, const Value& v) { c.limits.min_data_rate = v.u; }},
     {"limits", "max_errors", Kind::integer, "10", 1, 1000, "", "errors in a session before 421 and close",
         [](Config& c, const Value& v) { c.limits.max_errors = static_cast<std::uint32_t>(v.i); }},
+    {"limits", "junk_commands", Kind::integer, "100", 1, 100'000, "", "commands that do not advance a transaction (NOOP, RSET, HELP, VRFY, a repeated EHLO/HELO) in a session before 421 4.7.0 and close; a message accepted forgives them",
+        [](Config& c, const Value& v) { c.limits.junk_commands = static_cast<std::uint32_t>(v.i); }},
     {"limits", "max_hops", Kind::integer, "50", 5, 500, "", "Received: headers before a message is refused as a loop (RFC 5321 §6.3)",
         [](Config& c, const Value& v) { c.limits.max_hops = static_cast<std::uint32_t>(v.i); }},
     {"limits", "shutdown_grace", Kind::duration, "30s", 0, 3'600'000, "", "how long DATA in flight may finish after SIGTERM",

@@ -108,6 +108,7 @@ struct Config {
         Millis command_deadline;      // whole command line, however slowly it trickles
         std::uint64_t min_data_rate;  // bytes per second averaged over DATA
         std::uint32_t max_errors;
+        std::uint32_t junk_commands;  // NOOP, RSET, HELP, VRFY, repeated EHLO/HELO per session
         std::uint32_t max_hops;
         Millis shutdown_grace;
         Millis greeting_delay;               // input before the greeting: early talker (554)

@@ -22,6 +22,7 @@ constexpr Row rows[] = {
                                  {421, "4.7.0", "Too many connections from your address", true}},
     {R::timeout,                 {421, "4.4.2", "Timeout exceeded, closing connection", true}},
     {R::too_many_errors,         {421, "4.7.0", "Too many errors, closing connection", true}},
+    {R::too_many_junk_commands,  {421, "4.7.0", "Too many commands without a transaction, closing connection", true}},
     {R::early_talker,            {554, "5.5.0", "Protocol error: data sent before greeting", true}},
     {R::pipelining_not_advertised,
                                  {554, "5.5.0", "Protocol error: pipelining not allowed here", true}},

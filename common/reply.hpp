@@ -19,9 +19,10 @@ enum class Reply : std::uint8_t {
     shutting_down,  // 421 4.3.2
     too_many_connections,
     too_many_connections_from_ip,
-    timeout,          // 421 4.4.2
-    too_many_errors,  // 421 4.7.0
-    early_talker,     // 554 5.5.0, then close
+    timeout,                 // 421 4.4.2
+    too_many_errors,         // 421 4.7.0
+    too_many_junk_commands,  // 421 4.7.0 (limits.junk_commands)
+    early_talker,            // 554 5.5.0, then close
     pipelining_not_advertised,
     connection_refused,     // 554 5.7.1 at greeting (C130)
     lookup_failed_connect,  // 421 4.3.0 at greeting (T140), then close (RFC 5321 §3.8)

@@ -288,6 +288,9 @@ void Session::handle_line(std::string_view line, bool more_input, Clock::time_po
         reply(Reply::tls_required);  // RFC 3207 §4
         return;
     }
+    if (!count_junk(c.verb, now)) {
+        return;
+    }
     switch (c.verb) {
         case Verb::ehlo:
         case Verb::helo:
@@ -354,6 +357,28 @@ void Session::handle_line(std::string_view line, bool more_input, Clock::time_po
             reply(Reply::command_unrecognized);
             return;
     }
+}
+
+bool Session::count_junk(Verb verb, Clock::time_point now) {
+    // Commands that keep a session open without moving a transaction on, as Postfix's
+    // smtpd_junk_command_limit counts them: past the limit the client is only holding a
+    // slot (RFC 5321 §4.5.3.2 lets a server close a session it considers abusive).
+    bool junk = verb == Verb::noop || verb == Verb::rset || verb == Verb::help ||
+                verb == Verb::vrfy ||
+                ((verb == Verb::ehlo || verb == Verb::helo) && !helo_.empty());
+    if (!junk) {
+        junk_run_ = 0;
+        return true;
+    }
+    if (++junk_ > cfg_.limits.junk_commands) {
+        reply(Reply::too_many_junk_commands);
+        close("junk_commands");
+        return false;
+    }
+    if (junk_run_++ == 0) {
+        junk_since_ = now;
+    }
+    return true;
 }
 
 void Session::on_ehlo(const Command& c, bool extended) {
@@ -675,6 +700,7 @@ void Session::finish_commit(MsgResult result, Reply r, std::string_view arg,
     last_input_ = now;
     if (result == MsgResult::accepted) {
         ++messages_;
+        junk_ = 0;  // a message accepted forgives them, as in Postfix's smtpd
     }
     p_.metrics->messages[static_cast<int>(result)].add();
     reply(r, arg);
@@ -701,8 +727,12 @@ void Session::tick(Clock::time_point now) {
             }
             return;
         case State::command:
+            // A run of junk commands is held to the deadline of one command line, so a
+            // client trickling NOOPs is closed like one trickling bytes; a single RSET
+            // or NOOP followed by silence is only idle (command_timeout).
             if (now - last_input_ >= cfg_.limits.command_timeout ||
-                (line_started_ && now - *line_started_ >= cfg_.limits.command_deadline)) {
+                (line_started_ && now - *line_started_ >= cfg_.limits.command_deadline) ||
+                (junk_run_ >= 2 && now - junk_since_ >= cfg_.limits.command_deadline)) {
                 reply(Reply::timeout);
                 close("timeout");
             }

@@ -163,6 +163,7 @@ class Session {
     void process(std::string_view& input, Clock::time_point now);
     void finish_commit(MsgResult result, Reply r, std::string_view arg, Clock::time_point now);
     void handle_line(std::string_view line, bool more_input, Clock::time_point now);
+    bool count_junk(Verb verb, Clock::time_point now);  // false: closed over the limit
     void on_ehlo(const smtp::Command& c, bool extended);
     void on_mail(const smtp::Command& c);
     void on_rcpt(const smtp::Command& c);
@@ -201,6 +202,11 @@ class Session {
     sasl::SaslExchange sasl_;
     bool draining_ = false;
     std::uint32_t errors_ = 0;
+    // Commands that do not advance a transaction (limits.junk_commands), and the run of
+    // them since the last command that did: its start and length (see Session::tick).
+    std::uint32_t junk_ = 0;
+    std::uint32_t junk_run_ = 0;
+    Clock::time_point junk_since_;
     std::string close_reason_;
     std::string pending_id_;  // queue id of the message in DATA or being committed
     // body_: where the client's content starts (after our Received: field).

@@ -274,6 +274,78 @@ TEST_F(SessionTest, TimeoutsAndGreetingDelay) {
     EXPECT_TRUE(e->closed());
 }
 
+TEST_F(SessionTest, JunkCommandsPastTheLimitClose) {
+    // limits.junk_commands is 100 by default: NOOP, RSET, HELP, VRFY and a repeated EHLO
+    // or HELO all count; the first EHLO does not.
+    auto s = make();
+    s->receive("EHLO c.test\r\n", now_);
+    take(*s);
+    const char* junk[] = {"NOOP\r\n",      "RSET\r\n",        "HELP\r\n",
+                          "VRFY user\r\n", "EHLO c.test\r\n", "HELO c.test\r\n"};
+    for (int i = 0; i < 100; ++i) {
+        s->receive(junk[i % 6], now_);
+        ASSERT_FALSE(s->closed()) << i;
+    }
+    take(*s);
+    s->receive("NOOP\r\n", now_);
+    EXPECT_EQ(codes(take(*s)), (std::vector<std::string>{"421 4.7.0"}));
+    EXPECT_TRUE(s->closed());
+}
+
+TEST_F(SessionTest, AcceptedMessageForgivesJunkCommands) {
+    auto s = make();
+    s->receive("EHLO c.test\r\n", now_);
+    for (int i = 0; i < 99; ++i) {
+        s->receive("NOOP\r\n", now_);
+    }
+    s->receive("MAIL FROM:<a@outside.test>\r\nRCPT TO:<user@example.test>\r\nDATA\r\n", now_);
+    s->receive("x\r\n.\r\n", now_);
+    s->commit_done(storage::CommitStatus::ok, now_);
+    take(*s);
+    for (int i = 0; i < 100; ++i) {
+        s->receive("RSET\r\n", now_);
+    }
+    EXPECT_FALSE(s->closed());
+    EXPECT_EQ(codes(take(*s)).back(), "250 2.0.0");
+    s->receive("RSET\r\n", now_);
+    EXPECT_EQ(codes(take(*s)), (std::vector<std::string>{"421 4.7.0"}));
+}
+
+TEST_F(SessionTest, TrickledJunkCommandsMeetTheCommandDeadline) {
+    // command_deadline is 1m here, command_timeout 10s: a NOOP every 5 s is never idle,
+    // but a run of NOOPs lasting a whole command deadline is closed as a trickler.
+    using std::chrono::seconds;
+    auto s = make();
+    s->receive("EHLO c.test\r\n", now_);
+    for (int t = 0; t <= 55; t += 5) {
+        s->receive("NOOP\r\n", now_ + seconds(t));
+        s->tick(now_ + seconds(t + 1));
+        ASSERT_FALSE(s->closed()) << t;
+    }
+    take(*s);
+    s->tick(now_ + seconds(60));
+    EXPECT_EQ(codes(take(*s)), (std::vector<std::string>{"421 4.4.2"}));
+    EXPECT_TRUE(s->closed());
+
+    // A command that advances a transaction ends the run.
+    auto m = make();
+    m->receive("EHLO c.test\r\n", now_);
+    for (int t = 0; t <= 50; t += 5) {
+        m->receive("NOOP\r\n", now_ + seconds(t));
+    }
+    m->receive("MAIL FROM:<a@outside.test>\r\n", now_ + seconds(55));
+    m->receive("NOOP\r\n", now_ + seconds(57));
+    m->tick(now_ + seconds(61));
+    EXPECT_FALSE(m->closed());
+
+    // One RSET and then silence is an idle client, held to command_timeout only.
+    auto r = make();
+    r->receive("EHLO c.test\r\n", now_);
+    r->receive("RSET\r\n", now_);
+    r->tick(now_ + seconds(9));
+    EXPECT_FALSE(r->closed());
+}
+
 TEST_F(SessionTest, ShutdownLetsDataFinishThenSays421) {
     auto s = make();
     s->receive("EHLO c.test\r\n", now_);
