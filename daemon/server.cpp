@@ -389,6 +389,8 @@ stats::Totals Server::totals() {
         n.spool_commit_ns = st.commit_ns;
         n.transactions_open = st.expected;
     }
+    n.stats_evicted = stats_ ? stats_->evicted() : 0;
+    n.control_evicted = control_ ? control_->evicted() : 0;
     n.start_time = start_unix_;
     n.version = SLUICE_VERSION;
     return stats::collect(metrics, n);

@@ -1,8 +1,11 @@
 #include "daemon/stats.hpp"
 
+#include <sys/socket.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "common/log.hpp"
 #include "policy/policy.hpp"
@@ -299,6 +302,13 @@ std::string render_prometheus(const Totals& t) {
     w.sample("sluice_spool_commit_seconds_total", "",
              number(static_cast<double>(t.server.spool_commit_ns) / 1e9));
 
+    w.family("sluice_stats_clients_evicted_total", "counter",
+             "Stats endpoint clients closed to make room for a newer one (a cap was reached).");
+    w.sample("sluice_stats_clients_evicted_total", "", t.server.stats_evicted);
+    w.family("sluice_control_clients_evicted_total", "counter",
+             "Control socket clients closed to make room for a newer one (a cap was reached).");
+    w.sample("sluice_control_clients_evicted_total", "", t.server.control_evicted);
+
     w.family("sluice_outbound_queued_bytes", "gauge",
              "Message data held in memory for next hops (limits.outbound_queue_memory).");
     w.sample("sluice_outbound_queued_bytes", "", std::to_string(t.outbound_queued_bytes));
@@ -355,6 +365,8 @@ nlohmann::json to_json(const Totals& t) {
                   {"fsyncs", t.server.spool_fsyncs},
                   {"commit_seconds", static_cast<double>(t.server.spool_commit_ns) / 1e9}};
     j["transactions_open"] = t.server.transactions_open;
+    j["clients_evicted"] = {{"stats", t.server.stats_evicted},
+                            {"control", t.server.control_evicted}};
     j["outbound"] = {{"queued_bytes", t.outbound_queued_bytes}, {"overflow", t.outbound_overflow}};
     j["deliveries"] = by_result_json<DeliveryResult>(t.deliveries);
     j["tls_handshakes"] = by_result_json<TlsResult>(t.tls_handshakes);
@@ -388,6 +400,9 @@ struct StatsServer::Client {
     std::string out;
     std::array<char, 4096> buf{};
     std::size_t discarded = 0;
+    IpAddr peer;
+    std::list<Client*>::iterator pos;  // in StatsServer::clients_ once `listed`
+    bool listed = false;
     int handles = 2;  // tcp + timer; freed when both close callbacks ran
     bool responded = false;
     bool closing = false;
@@ -435,7 +450,7 @@ void StatsServer::stop_listening() {
 void StatsServer::close() {
     closed_ = true;
     stop_listening();
-    auto clients = clients_;
+    std::vector<Client*> clients(clients_.begin(), clients_.end());
     for (Client* c : clients) {
         close_client(*c);
     }
@@ -452,12 +467,18 @@ void StatsServer::on_connection(uv_stream_t* server, int status) {
     uv_timer_init(self->loop_, &c->timer);
     c->tcp.data = c;
     c->timer.data = c;
-    self->clients_.insert(c);
-    if (uv_accept(server, reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0 ||
-        self->clients_.size() > limits::max_clients) {
+    if (uv_accept(server, reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0) {
         self->close_client(*c);
         return;
     }
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    uv_tcp_getpeername(&c->tcp, reinterpret_cast<sockaddr*>(&ss), &len);
+    c->peer = ip_from_sockaddr(reinterpret_cast<sockaddr*>(&ss));
+    self->make_room(c->peer);
+    c->pos = self->clients_.insert(self->clients_.end(), c);
+    c->listed = true;
+    ++self->per_address_[c->peer];
     uv_timer_start(&c->timer, on_timer, self->request_timeout_ms_, 0);
     uv_read_start(
         reinterpret_cast<uv_stream_t*>(&c->tcp),
@@ -466,6 +487,70 @@ void StatsServer::on_connection(uv_stream_t* server, int status) {
             *b = uv_buf_init(cl->buf.data(), static_cast<unsigned>(cl->buf.size()));
         },
         on_read);
+    self->read_now(*c);
+}
+
+void StatsServer::read_now(Client& c) {
+    // libuv reads a new connection only in a later loop iteration, after every connection
+    // queued behind it was accepted (and could have evicted it). A probe sends its request
+    // right after connecting: read what is there now, so it is answered first.
+    uv_os_fd_t fd = -1;
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&c.tcp), &fd) != 0) {
+        return;
+    }
+    ssize_t n = ::recv(fd, c.buf.data(), c.buf.size(), MSG_DONTWAIT);
+    if (n > 0) {
+        uv_buf_t b = uv_buf_init(c.buf.data(), static_cast<unsigned>(n));
+        on_read(reinterpret_cast<uv_stream_t*>(&c.tcp), n, &b);
+    }
+    // Nothing yet, EOF or an error: libuv's read reports it as usual.
+}
+
+void StatsServer::make_room(const IpAddr& peer) {
+    // The victim is the client that has waited longest (the list is in accept order), one
+    // already answered and lingering first: it has had its reply.
+    auto pick = [this](auto&& eligible) -> Client* {
+        Client* oldest = nullptr;
+        for (Client* x : clients_) {
+            if (!eligible(*x)) {
+                continue;
+            }
+            if (x->responded) {
+                return x;
+            }
+            if (oldest == nullptr) {
+                oldest = x;
+            }
+        }
+        return oldest;
+    };
+    auto it = per_address_.find(peer);
+    if (it != per_address_.end() && it->second >= limits::max_clients_per_address) {
+        if (Client* v = pick([&](const Client& x) { return x.peer == peer; })) {
+            evict(*v, "address_limit");
+        }
+    }
+    if (clients_.size() >= limits::max_clients) {
+        if (Client* v = pick([](const Client&) { return true; })) {
+            evict(*v, "client_limit");
+        }
+    }
+}
+
+void StatsServer::evict(Client& c, std::string_view reason) {
+    ++evicted_;
+    // Under a flood this happens thousands of times a second: one line per 10 s at most,
+    // with the number of evictions since the previous line.
+    std::uint64_t now = uv_now(loop_);
+    if (evicted_logged_ == 0 || now - last_evict_log_ms_ >= 10'000) {
+        LogLine(Level::warn, "stats_evicted")
+            .kv("client", format_ip(c.peer))
+            .kv("reason", reason)
+            .kv("evicted", evicted_ - evicted_logged_);
+        evicted_logged_ = evicted_;
+        last_evict_log_ms_ = now;
+    }
+    close_client(c);
 }
 
 void StatsServer::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
@@ -584,7 +669,14 @@ void StatsServer::close_client(Client& c) {
         return;
     }
     c.closing = true;
-    clients_.erase(&c);
+    if (c.listed) {
+        clients_.erase(c.pos);
+        auto it = per_address_.find(c.peer);
+        if (it != per_address_.end() && --it->second == 0) {
+            per_address_.erase(it);
+        }
+        c.listed = false;
+    }
     auto done = [](uv_handle_t* h) {
         auto* cl = static_cast<Client*>(h->data);
         if (--cl->handles == 0) {

@@ -13,8 +13,13 @@
 // StatsServer is HTTP/1.1 on the [stats] address, on the daemon's main loop: GET or HEAD
 // /metrics, /healthz (200 while the process serves), /readyz (503 from the moment draining
 // starts), anything else 404. One request per connection (`Connection: close`), a strict
-// parser (daemon/http.hpp: 400/405/414/431/505), a deadline for the request, a bounded
-// number of clients, and a lingering close so an error reply is not lost to a reset.
+// parser (daemon/http.hpp: 400/405/414/431/505), a lingering close so an error reply is
+// not lost to a reset, and no way for idle or slow clients to keep a probe out: a complete
+// request within limits::request_timeout_ms (408 beyond), at most limits::max_clients
+// clients and limits::max_clients_per_address from one address, and a new connection over
+// either cap evicts the client (of that address, or of all) that has waited longest, one
+// already answered first. A probe's request is read as it is accepted, so connections
+// arriving behind it cannot evict it before it is answered.
 //
 // Trust: the endpoint is reachable by whoever can reach its address; it reads no secret
 // and changes nothing.
@@ -25,10 +30,10 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
-#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -51,6 +56,9 @@ struct ServerNumbers {
     std::uint64_t spool_batches = 0;
     std::uint64_t spool_fsyncs = 0;
     std::uint64_t spool_commit_ns = 0;
+    // Clients closed to make room for a newer one (stats endpoint, control socket).
+    std::uint64_t stats_evicted = 0;
+    std::uint64_t control_evicted = 0;
     std::int64_t transactions_open = 0;
     double start_time = 0;  // seconds since the Unix epoch
     std::string version;
@@ -92,11 +100,12 @@ std::string_view result_name(TlsResult r);
 std::string_view result_name(AuthResult r);
 
 namespace limits {
-inline constexpr std::size_t max_clients = 32;             // more are closed at once
-inline constexpr std::uint64_t request_timeout_ms = 5000;  // whole request head: 408 beyond
-inline constexpr std::uint64_t linger_ms = 2000;           // after the reply, waiting for EOF
-inline constexpr std::size_t linger_bytes = 64 * 1024;     // discarded after the reply at most
-inline constexpr int backlog = 64;
+inline constexpr std::size_t max_clients = 512;             // one more evicts the longest waiting
+inline constexpr std::size_t max_clients_per_address = 32;  // from one client address, likewise
+inline constexpr std::uint64_t request_timeout_ms = 1000;   // whole request head: 408 beyond
+inline constexpr std::uint64_t linger_ms = 2000;            // after the reply, waiting for EOF
+inline constexpr std::size_t linger_bytes = 64 * 1024;      // discarded after the reply at most
+inline constexpr int backlog = 511;
 }  // namespace limits
 
 class StatsServer {
@@ -122,6 +131,7 @@ class StatsServer {
     bool listening() const { return listener_ != nullptr; }
     std::size_t clients() const { return clients_.size(); }
     std::uint64_t requests() const { return requests_; }
+    std::uint64_t evicted() const { return evicted_; }
 
   private:
     struct Listener;
@@ -134,12 +144,20 @@ class StatsServer {
     void respond_error(Client& c, int code);
     void send(Client& c, std::string response);
     void close_client(Client& c);
+    // Makes room for a client from `peer`: evicts one when a cap is reached.
+    void make_room(const IpAddr& peer);
+    void evict(Client& c, std::string_view reason);
+    void read_now(Client& c);
 
     uv_loop_t* loop_;
     std::function<std::string()> metrics_;
     std::uint64_t request_timeout_ms_;
     Listener* listener_ = nullptr;
-    std::set<Client*> clients_;
+    std::list<Client*> clients_;  // in the order they were accepted: oldest first
+    std::map<IpAddr, std::size_t> per_address_;
+    std::uint64_t evicted_ = 0;
+    std::uint64_t evicted_logged_ = 0;  // evictions already reported in the log
+    std::uint64_t last_evict_log_ms_ = 0;
     bool draining_ = false;
     bool closed_ = false;
     std::uint64_t requests_ = 0;
