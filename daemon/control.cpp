@@ -478,6 +478,8 @@ struct ControlServer::Client {
     LineReader reader;
     std::array<char, 16 * 1024> buf{};
     int handles = 2;  // pipe + timer
+    std::uint32_t uid = 0;
+    bool admitted = false;  // counted in admitted_ and per_uid_
     std::size_t writes_pending = 0;
     std::size_t bytes_pending = 0;
     bool busy = false;        // a request is with the handler
@@ -617,11 +619,15 @@ void ControlServer::on_connection(uv_stream_t* server, int status) {
         self->write(*c, encode(reply));
         return;
     }
-    if (self->clients_.size() > limits::max_clients) {
+    if (!self->make_room(cred.uid)) {
         c->close_after = true;
         self->write(*c, encode(error_reply("too many control clients; try again")));
         return;
     }
+    c->uid = cred.uid;
+    c->admitted = true;
+    ++self->admitted_;
+    ++self->per_uid_[cred.uid];
     uv_timer_start(
         &c->timer,
         [](uv_timer_t* t) {
@@ -630,6 +636,40 @@ void ControlServer::on_connection(uv_stream_t* server, int status) {
         },
         limits::idle_timeout_ms, 0);
     self->update_reading(*c);
+}
+
+bool ControlServer::make_room(std::uint32_t uid) {
+    // The oldest idle client goes (clients_ is in connection order): a stuck script's
+    // connections make way for the operator's, while a request in progress is never cut.
+    auto evict_oldest_idle = [this](auto&& eligible, std::string_view reason) {
+        for (auto& [id, x] : clients_) {
+            if (x->admitted && !x->closing && !x->busy && eligible(*x)) {
+                ++evicted_;
+                std::uint64_t now = uv_now(loop_);
+                if (evicted_logged_ == 0 || now - last_evict_log_ms_ >= 10'000) {
+                    LogLine(Level::warn, "control_evicted")
+                        .kv("uid", static_cast<std::uint64_t>(x->uid))
+                        .kv("reason", reason)
+                        .kv("evicted", evicted_ - evicted_logged_);
+                    evicted_logged_ = evicted_;
+                    last_evict_log_ms_ = now;
+                }
+                close_client(*x);
+                return true;
+            }
+        }
+        return false;
+    };
+    auto it = per_uid_.find(uid);
+    if (it != per_uid_.end() && it->second >= limits::max_clients_per_uid &&
+        !evict_oldest_idle([uid](const Client& x) { return x.uid == uid; }, "uid_limit")) {
+        return false;
+    }
+    if (admitted_ >= limits::max_clients &&
+        !evict_oldest_idle([](const Client&) { return true; }, "client_limit")) {
+        return false;
+    }
+    return true;
 }
 
 void ControlServer::update_reading(Client& c) {
@@ -802,6 +842,14 @@ void ControlServer::close_client(Client& c) {
     }
     c.closing = true;
     clients_.erase(c.id);
+    if (c.admitted) {
+        c.admitted = false;
+        --admitted_;
+        auto it = per_uid_.find(c.uid);
+        if (it != per_uid_.end() && --it->second == 0) {
+            per_uid_.erase(it);
+        }
+    }
     // Pending writes are cancelled by uv_close: their callbacks run before the close
     // callbacks, and the last one to finish frees the client.
     auto done = [](uv_handle_t* h) {

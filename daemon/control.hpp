@@ -20,6 +20,10 @@
 // reading stops while a request is in progress so input stays bounded), many clients are
 // served at once, a client that is silent for limits::idle_timeout_ms or does not read its
 // replies is closed, and a stale socket file is replaced but a live one is never stolen.
+// No script can lock operators out: past limits::max_clients_per_uid clients of one peer
+// uid, or limits::max_clients in all, a new client evicts the oldest one that has no
+// request in progress (of that uid, or of all); only when every one is busy is the new
+// client refused.
 
 #include <uv.h>
 
@@ -41,8 +45,9 @@ namespace sluice::control {
 
 namespace limits {
 inline constexpr std::size_t line = 64 * 1024;              // request line, octets
-inline constexpr std::size_t max_clients = 128;             // more get an error and are closed
-inline constexpr std::uint64_t idle_timeout_ms = 30'000;    // silent client: closed
+inline constexpr std::size_t max_clients = 256;             // one more evicts the oldest idle
+inline constexpr std::size_t max_clients_per_uid = 64;      // of one peer uid, likewise
+inline constexpr std::uint64_t idle_timeout_ms = 5'000;     // silent client: closed
 inline constexpr std::size_t max_output = 4 * 1024 * 1024;  // unread replies: closed beyond
 inline constexpr int backlog = 128;
 }  // namespace limits
@@ -180,6 +185,7 @@ class ControlServer {
     void close();
 
     std::size_t clients() const { return clients_.size(); }
+    std::uint64_t evicted() const { return evicted_; }
     const std::string& path() const { return path_; }
 
   private:
@@ -192,13 +198,20 @@ class ControlServer {
     void close_client(Client& c);
     void update_reading(Client& c);
     void maybe_finish(Client& c);
+    // Room for one more client of `uid`: false when every candidate is busy.
+    bool make_room(std::uint32_t uid);
 
     uv_loop_t* loop_;
     Handler handler_;
     uv_pipe_t* pipe_ = nullptr;
     std::string path_;
     std::uint64_t socket_inode_ = 0;
-    std::map<std::uint64_t, Client*> clients_;
+    std::map<std::uint64_t, Client*> clients_;      // by id: in the order they connected
+    std::map<std::uint32_t, std::size_t> per_uid_;  // admitted clients by peer uid
+    std::size_t admitted_ = 0;
+    std::uint64_t evicted_ = 0;
+    std::uint64_t evicted_logged_ = 0;  // evictions already reported in the log
+    std::uint64_t last_evict_log_ms_ = 0;
     std::uint64_t next_id_ = 1;
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // Respond checks it
 };
