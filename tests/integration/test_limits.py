@@ -1,0 +1,169 @@
+"""Clients that hold a slot without doing anything (issue 13, items 4-6): an SMTP client
+sending NOOPs, slow HTTP clients of an unprivileged local user on the stats endpoint, idle
+connections to the control socket. Each must be closed or pushed aside while the real
+work (mail, the health probe, the operator's sluicectl) goes through."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from harness import Daemon, Raw, code, wait_for
+
+
+def test_noop_flood_is_closed_past_the_junk_command_limit():
+    with Daemon(limits="junk_commands = 100") as d:
+        c = Raw(d.port)
+        assert c.cmd("EHLO client.test")[-1].startswith("250 ")
+        # NOOP, RSET, HELP, VRFY and repeated EHLOs all count; 100 are answered as usual.
+        verbs = ["NOOP", "RSET", "HELP", "VRFY someone", "EHLO client.test"]
+        for i in range(100):
+            assert code(c.cmd(verbs[i % len(verbs)]))[:1] == "2", i
+        assert code(c.cmd("NOOP")) == "421 4.7.0"
+        assert c.closed()
+        assert wait_for(lambda: any("result=junk_commands" in l
+                                    for l in d.log_lines("session")))
+
+        # A message accepted forgives them (as in Postfix): a client that sends RSET between
+        # its messages is not cut off.
+        c = Raw(d.port)
+        c.cmd("EHLO client.test")
+        for _ in range(3):
+            for _ in range(60):
+                assert code(c.cmd("RSET")) == "250 2.0.0"
+            assert code(c.cmd("MAIL FROM:<a@outside.test>")) == "250 2.1.0"
+            assert code(c.cmd("RCPT TO:<user@example.test>")) == "250 2.1.5"
+            assert c.cmd("DATA")[0].startswith("354")
+            assert code(c.cmd("Subject: x\r\n\r\nbody\r\n.")) == "250 2.0.0"
+        assert code(c.cmd("QUIT")) == "221 2.0.0"
+
+
+def test_noop_trickler_is_closed_at_the_command_deadline():
+    with Daemon(limits='command_deadline = "2s"') as d:
+        c = Raw(d.port)
+        c.cmd("EHLO client.test")
+        start = time.time()
+        got = None
+        while time.time() - start < 30:
+            try:
+                got = c.cmd("NOOP")
+            except (OSError, EOFError):
+                break
+            if code(got) != "250 2.0.0":
+                break
+            time.sleep(0.5)
+        assert got is not None and code(got) == "421 4.4.2", got
+        assert c.closed()
+        # Closed at the deadline (2 s) plus the session's once-a-second tick, not at the
+        # 5-minute idle timeout; 30 s is the test giving up.
+        assert time.time() - start < 30
+
+
+# Slow HTTP clients, run as `nobody` (any local user can do this): each opens a connection,
+# sends part of a request and then a byte now and then, and reconnects as soon as it is
+# closed. Prints "ready" once every client has connected once.
+SLOW_HTTP_CLIENTS = r"""
+import socket, sys, threading, time
+port, n, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+end = time.time() + seconds
+connected = threading.Barrier(n + 1)
+def client():
+    once = True
+    while time.time() < end:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")
+            if once:
+                once = False
+                connected.wait()
+            while time.time() < end:
+                s.sendall(b"X")
+                time.sleep(0.2)
+        except OSError:
+            if once:
+                once = False
+                connected.wait()
+            time.sleep(0.01)
+for _ in range(n):
+    threading.Thread(target=client, daemon=True).start()
+connected.wait()
+print("ready", flush=True)
+while time.time() < end:
+    time.sleep(0.1)
+"""
+
+
+def probe(port, path="/healthz", timeout=10):
+    """One GET; (status or None, seconds taken)."""
+    t0 = time.time()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None, time.time() - t0
+    parts = data.split(b" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[0].startswith(b"HTTP/") else None
+    return status, time.time() - t0
+
+
+def test_slow_http_clients_of_a_local_user_cannot_starve_healthz():
+    with Daemon().enable_stats() as d:
+        attackers = subprocess.Popen(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-c", SLOW_HTTP_CLIENTS, str(d.stats_port), "64", "120"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert attackers.stdout.readline().strip() == "ready", attackers.stderr.read()
+            results = []
+            for _ in range(20):
+                results.append(probe(d.stats_port))
+                time.sleep(0.1)
+            assert [s for s, _ in results] == [200] * 20, results
+            assert probe(d.stats_port, "/readyz")[0] == 200
+            assert attackers.poll() is None  # the clients were there all along
+            # The endpoint made room by evicting, and says so.
+            samples, _ = d.metrics()
+            assert samples[("sluice_stats_clients_evicted_total", frozenset())] > 0
+            assert d.log_lines("stats_evicted")
+            print("probe seconds:", sorted(round(t, 4) for _, t in results))
+        finally:
+            attackers.kill()
+            attackers.wait()
+
+
+def test_idle_control_connections_do_not_lock_out_sluicectl():
+    with Daemon() as d:
+        idle = []
+        try:
+            for _ in range(200):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(str(d.control_socket))
+                idle.append(s)
+            for _ in range(3):
+                r = d.ctl("status", timeout=30)
+                assert r.returncode == 0, r.stdout + r.stderr
+            assert wait_for(lambda: d.log_lines("control_evicted"))
+            # The idle deadline closes whatever is left of them within seconds.
+            def all_closed():
+                for s in idle:
+                    s.settimeout(0.01)
+                    try:
+                        if s.recv(1) != b"":
+                            return False
+                    except socket.timeout:
+                        return False
+                    except OSError:
+                        pass
+                return True
+            assert wait_for(all_closed, seconds=30)
+            samples = d.ctl_json("stats")
+            assert samples["clients_evicted"]["control"] >= 200 - 64
+        finally:
+            for s in idle:
+                s.close()
