@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "policy/policy.hpp"
 
@@ -338,4 +339,33 @@ TEST_F(Endpoint, EndsWhenClosedWithClientsConnected) {
     char c;
     EXPECT_EQ(::recv(fd, &c, 1, 0), 0);  // EOF
     ::close(fd);
+}
+
+TEST_F(Endpoint, IdleClientsOfOneAddressAreEvictedForANewOne) {
+    // More silent clients from 127.0.0.1 than one address may hold: each one over the cap
+    // evicts the one that has waited longest, and a probe behind them is still answered.
+    std::vector<int> idle;
+    for (std::size_t i = 0; i < limits::max_clients_per_address + 8; ++i) {
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in sin{};
+        sin.sin_family = AF_INET;
+        sin.sin_port = htons(port_);
+        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof sin), 0);
+        idle.push_back(fd);
+    }
+    for (int i = 0; i < 500 && server_->evicted() < 8; ++i) {
+        uv_run(&loop_, UV_RUN_NOWAIT);
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    EXPECT_EQ(server_->evicted(), 8u);
+    EXPECT_EQ(server_->clients(), limits::max_clients_per_address);
+    EXPECT_EQ(status_line(exchange("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")), "HTTP/1.1 200 OK");
+    EXPECT_EQ(server_->evicted(), 9u);
+    // The first ones connected were the ones closed.
+    char c;
+    EXPECT_EQ(::recv(idle.front(), &c, 1, MSG_DONTWAIT), 0);
+    for (int fd : idle) {
+        ::close(fd);
+    }
 }
