@@ -10,13 +10,13 @@ DEBS_BUILD := build-essential pkg-config meson ninja-build libuv1-dev libmbedtls
         libtomlplusplus-dev libgtest-dev libbenchmark-dev libcrypt-dev nlohmann-json3-dev zlib1g-dev
 DEBS_TEST := lmdb-utils postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl \
         libdigest-hmac-perl libio-socket-inet6-perl python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl \
-        ca-certificates haproxy
+        ca-certificates haproxy util-linux
 DEBS_SLOW := testssl.sh bsdextrautils dnsutils procps
 DEBS_FUZZ := clang-14 libclang-rt-14-dev
 DEBS := $(DEBS_BUILD) $(DEBS_TEST) $(DEBS_SLOW) $(DEBS_FUZZ)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-test deps-slow deps-fuzz build run test test-slow bench fuzz clean format
+.PHONY: all deps deps-test deps-slow deps-fuzz build run test test-slow bench soak fuzz clean format
 
 all: build
 
@@ -70,6 +70,12 @@ test-slow: build deps-slow
 
 bench: build
 	bench/run-all.sh $(BUILD)
+
+# A long run at half the measured maximum rate with a flapping next hop, slow clients and
+# reloads every 10 s; RSS, fds, queue and p99 time-to-durable at the start and the end.
+SOAK_SECONDS ?= 1800
+soak: build
+	/usr/bin/python3 bench/soak.py $(BUILD) $(SOAK_SECONDS)
 
 fuzz: deps-fuzz
 	tests/fuzz/run.sh

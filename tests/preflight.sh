@@ -41,6 +41,7 @@ need python3-prometheus-client "Python module prometheus_client" \
     py_module prometheus_client.parser
 need ca-certificates "the system CA store" test -s /etc/ssl/certs/ca-certificates.crt
 need haproxy "haproxy (a real load balancer sending PROXY v1/v2 headers)" haproxy -v
+need util-linux "setpriv (clients run as user nobody)" command -v setpriv
 
 if [ "${1:-}" = "--slow" ]; then
     need testssl.sh "testssl.sh" command -v testssl
