@@ -17,8 +17,8 @@ One sluiced forwarding to an smtp-sink next hop, with a spool on disk (${TMPDIR:
      its 250 (the 250 comes only once the message is durable): time-to-durable.
 Every 10 s (less in short runs) it samples the daemon's RSS and open fds (/proc/PID), the queue size
 (sluice_queue_messages), and keeps the sampler's latencies. The report compares the first
-and the last window (a sixth of the run, at most 60 s): RSS, fds, queue, p99
-time-to-durable, and the ratios end/start. Flat is the goal: ratios near 1, a queue that
+window after a warm-up (a tenth of the run, 20 to 60 s) with the last one (each a sixth of
+the run, at most 60 s): RSS, fds, queue, p99 time-to-durable, and the ratios end/start. Flat is the goal: ratios near 1, a queue that
 does not grow from window to window. Every process it starts is stopped by its pid.
 """
 import getpass
