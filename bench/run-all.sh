@@ -24,3 +24,5 @@ echo "== peak memory for one 20 MB message (the message size is the reference)"
 /usr/bin/python3 "$root/bench/big_message_rss.py" "$build" 20
 echo "== memory with 10000 idle sessions"
 /usr/bin/python3 "$root/bench/idle_memory.py" "$build" 10000
+echo "== /healthz latency alone vs with 64 slow HTTP clients of user nobody"
+/usr/bin/python3 "$root/bench/healthz_probe.py" "$build" 200
