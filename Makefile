@@ -8,15 +8,16 @@ BUILD ?= build
 # here (swaks' Perl modules for TLS and AUTH); tests/preflight.sh checks each capability.
 DEBS_BUILD := build-essential pkg-config meson ninja-build libuv1-dev libmbedtls-dev liblmdb-dev \
         libtomlplusplus-dev libgtest-dev libbenchmark-dev libcrypt-dev nlohmann-json3-dev zlib1g-dev
-DEBS_TEST := lmdb-utils postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl \
-        libdigest-hmac-perl libio-socket-inet6-perl python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl \
+DEBS_TEST := lmdb-utils postfix swaks libnet-ssleay-perl libauthen-sasl-perl \
+        libio-socket-inet6-perl python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl \
         ca-certificates haproxy util-linux
 DEBS_SLOW := testssl.sh bsdextrautils dnsutils procps
+DEBS_BENCH := curl
 DEBS_FUZZ := clang-14 libclang-rt-14-dev
-DEBS := $(DEBS_BUILD) $(DEBS_TEST) $(DEBS_SLOW) $(DEBS_FUZZ)
+DEBS := $(DEBS_BUILD) $(DEBS_TEST) $(DEBS_SLOW) $(DEBS_BENCH) $(DEBS_FUZZ)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-test deps-slow deps-fuzz build run test test-slow bench soak fuzz clean format
+.PHONY: all deps deps-test deps-slow deps-bench deps-fuzz build run test test-slow bench soak fuzz clean format
 
 all: build
 
@@ -43,6 +44,9 @@ deps:
 deps-test:
 	$(call install_missing,$(DEBS_BUILD) $(DEBS_TEST))
 
+deps-bench:
+	$(call install_missing,$(DEBS_BENCH))
+
 deps-slow:
 	$(call install_missing,$(DEBS_SLOW))
 
@@ -68,7 +72,8 @@ test-slow: build deps-slow
 	tests/preflight.sh --slow
 	meson test -C $(BUILD) --print-errorlogs --suite slow
 
-bench: build
+bench: build deps-bench
+	tests/preflight.sh --bench
 	bench/run-all.sh $(BUILD)
 
 # A long run at half the measured maximum rate with a flapping next hop, slow clients and

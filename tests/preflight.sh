@@ -4,7 +4,11 @@
 # a confusing failure deep in a suite. `make deps` installs all of them (Makefile DEBS).
 #   tests/preflight.sh           what `make test` needs
 #   tests/preflight.sh --slow    also what `make test-slow` needs
+#   tests/preflight.sh --bench   also what `make bench` needs
 set -u
+# smtp-source, smtp-sink and haproxy live in /usr/sbin, which a non-root PATH lacks; the
+# suites call them by absolute path.
+PATH=$PATH:/usr/sbin:/sbin
 missing=0
 
 # need PACKAGE WHAT COMMAND...: COMMAND must succeed, else PACKAGE is named.
@@ -28,8 +32,7 @@ py_module() {
 
 need swaks "swaks" command -v swaks
 need libnet-ssleay-perl "swaks STARTTLS (Net::SSLeay)" swaks_support TLS
-need libauthen-sasl-perl "swaks AUTH" swaks_support "Basic AUTH"
-need libdigest-hmac-perl "swaks AUTH CRAM-MD5 (Digest::HMAC)" swaks_support "AUTH CRAM-MD5"
+need libauthen-sasl-perl "swaks AUTH DIGEST-MD5 (Authen::SASL)" swaks_support "AUTH DIGEST-MD5"
 need libio-socket-inet6-perl "swaks on ::1 (IO::Socket::INET6)" swaks_support IPv6
 need postfix "smtp-source (Postfix's load generator)" command -v smtp-source
 need postfix "smtp-sink (Postfix's test next hop)" command -v smtp-sink
@@ -46,6 +49,9 @@ need util-linux "setpriv (clients run as user nobody)" command -v setpriv
 if [ "${1:-}" = "--slow" ]; then
     need testssl.sh "testssl.sh" command -v testssl
     need dnsutils "dig (testssl.sh)" command -v dig
+fi
+if [ "${1:-}" = "--bench" ]; then
+    need curl "curl (bench scripts read /metrics)" command -v curl
 fi
 
 if [ "$missing" -gt 0 ]; then
