@@ -35,13 +35,46 @@ std::optional<IpAddr> parse_ip(std::string_view s) {
 }
 
 std::string format_ip(const IpAddr& ip) {
-    char buf[INET6_ADDRSTRLEN];
     if (ip.v4) {
+        char buf[INET_ADDRSTRLEN];
         inet_ntop(AF_INET, &ip.bytes[12], buf, sizeof buf);
-    } else {
-        inet_ntop(AF_INET6, ip.bytes.data(), buf, sizeof buf);
+        return buf;
     }
-    return buf;
+    // RFC 5952 §4 by hand: glibc's inet_ntop writes ::/96 addresses ("IPv4-compatible",
+    // deprecated by RFC 4291 §2.5.5.1) as ::a.b.c.d, which RFC 5952 §5 keeps for
+    // IPv4-mapped addresses only (and which is longer than the hex form).
+    std::array<unsigned, 8> g{};
+    for (std::size_t i = 0; i < 8; ++i) {
+        g[i] = static_cast<unsigned>(ip.bytes[2 * i]) << 8 | ip.bytes[2 * i + 1];
+    }
+    // The longest run of two or more zero groups becomes "::" (the first, on a tie).
+    std::size_t best = 8, best_len = 1;
+    for (std::size_t i = 0; i < 8;) {
+        std::size_t j = i;
+        while (j < 8 && g[j] == 0) {
+            ++j;
+        }
+        if (j - i > best_len) {
+            best = i;
+            best_len = j - i;
+        }
+        i = j == i ? i + 1 : j;
+    }
+    std::string out;
+    char hex[8];
+    for (std::size_t i = 0; i < 8; ++i) {
+        if (i == best) {
+            out += "::";
+            i += best_len - 1;
+            continue;
+        }
+        if (!out.empty() && out.back() != ':') {
+            out.push_back(':');
+        }
+        auto r = std::to_chars(hex, hex + sizeof hex, g[i], 16);
+        out.append(hex, r.ptr);
+    }
+    return out;
 }
 
 IpAddr ip_from_sockaddr(const sockaddr* sa) {

@@ -318,6 +318,23 @@ TEST(AddressTricks, IpLiteralsAreFlaggedAndNormalised) {
     }
 }
 
+// Found by tests/fuzz/fuzz_parse_path.cpp: an IPv6 literal in ::/96 was canonicalised by
+// inet_ntop to the dotted form (::15.255.15.17), longer than the text sent; the canonical
+// form is RFC 5952's hex form, never longer, and a fixed point.
+TEST(AddressTricks, V4CompatibleIpv6LiteralsKeepTheHexForm) {
+    for (auto [in, domain] : {std::pair{"<uzser@[IPv6:::fff:f11]>", "[IPv6:::fff:f11]"},
+                              std::pair{"<u@[IPv6:::15.255.15.17]>", "[IPv6:::fff:f11]"},
+                              std::pair{"<u@[IPv6:0::0:0a00:1]>", "[IPv6:::a00:1]"}}) {
+        auto r = rcpt(in);
+        ASSERT_TRUE(r.ok()) << in;
+        EXPECT_EQ(r.address.domain, domain) << in;
+        EXPECT_LE(r.address.str().size() + 2, r.consumed) << in;
+        auto again = rcpt("<" + r.address.str() + ">");
+        ASSERT_TRUE(again.ok()) << in;
+        EXPECT_EQ(again.address.domain, domain) << in;
+    }
+}
+
 TEST(AddressTricks, NumericDomainsAreRefused) {
     // IPv4 addresses spelled as names: decimal, hex, octal, dotted, partial.
     for (auto d : {"3221225985", "0xC0000201", "0xc0000201", "030000001001", "192.0.2.1",
