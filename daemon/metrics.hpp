@@ -10,6 +10,8 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace sluice {
@@ -18,6 +20,13 @@ inline constexpr std::size_t kMaxListeners = 64;
 inline constexpr std::size_t kDecisionCodes = 32;  // >= policy::Code count
 inline constexpr std::array<double, 10> kDurationBuckets = {0.01, 0.05, 0.1, 0.5, 1,
                                                             5,    10,   30,  60,  300};
+
+// The `result` label of each counter family: one table per enum, its rows in the enum's
+// order, each with the label value and what it counts (docs/metrics.md says the same).
+struct ResultRow {
+    std::string_view name;
+    std::string_view meaning;
+};
 
 // proxy_refused: a proxy_protocol listener closed it before the session (peer not a listed
 // balancer, or its PROXY header invalid or not complete in time).
@@ -29,12 +38,57 @@ enum class ConnResult : std::uint8_t {
     proxy_refused,
     count_
 };
+inline constexpr std::array<ResultRow, 5> kConnResults = {{
+    {"accepted", "a session began"},
+    {"filtered", "refused at connect by the policy (IP filter C130, access map B120, T140)"},
+    {"over_limit", "refused: server.max_connections or server.max_connections_per_ip"},
+    {"shutting_down", "refused while draining (0 today: a draining shard closes its listeners)"},
+    {"proxy_refused", "closed before the session: not a listed balancer, or a bad or late PROXY "
+                      "header"},
+}};
 enum class MsgResult : std::uint8_t { accepted, rejected, failed, count_ };
+inline constexpr std::array<ResultRow, 3> kMsgResults = {{
+    {"accepted", "durable and answered 250"},
+    {"rejected", "refused at the end of DATA (size, NUL, line length, hops, in-line refusal)"},
+    {"failed", "storage failed or the next hop deferred in-line: answered 4xx"},
+}};
 enum class DeliveryResult : std::uint8_t { delivered, deferred, bounced, count_ };
+inline constexpr std::array<ResultRow, 3> kDeliveryResults = {{
+    {"delivered", "the next hop or the maildir took the recipient"},
+    {"deferred", "4xx: retried on spool.retry"},
+    {"bounced", "5xx or spool.max_age: final, a DSN goes to the sender"},
+}};
 // TLS handshakes (STARTTLS and implicit): completed in full, resumed from a ticket, failed.
 enum class TlsResult : std::uint8_t { ok, resumed, failed, count_ };
+inline constexpr std::array<ResultRow, 3> kTlsResults = {{
+    {"ok", "a full handshake completed"},
+    {"resumed", "resumed from a session ticket"},
+    {"failed", "the handshake failed"},
+}};
 // AUTH attempts: credentials accepted, refused, or the exchange aborted/malformed.
 enum class AuthResult : std::uint8_t { ok, failed, aborted, count_ };
+inline constexpr std::array<ResultRow, 3> kAuthResults = {{
+    {"ok", "credentials accepted"},
+    {"failed", "credentials refused (or throttled, or the users map unreadable)"},
+    {"aborted", "no credentials to check: cancelled, bad base64 or malformed"},
+}};
+
+constexpr const auto& result_rows(ConnResult) { return kConnResults; }
+constexpr const auto& result_rows(MsgResult) { return kMsgResults; }
+constexpr const auto& result_rows(DeliveryResult) { return kDeliveryResults; }
+constexpr const auto& result_rows(TlsResult) { return kTlsResults; }
+constexpr const auto& result_rows(AuthResult) { return kAuthResults; }
+
+// The label value of `r` ("accepted", ...), as in the metrics and the JSON of stats.
+template <typename E>
+constexpr std::string_view result_name(E r) {
+    static_assert(std::tuple_size_v<std::remove_cvref_t<decltype(result_rows(r))>> ==
+                      static_cast<std::size_t>(E::count_),
+                  "one row per value");
+    const auto& rows = result_rows(r);
+    auto i = static_cast<std::size_t>(r);
+    return i < rows.size() ? rows[i].name : "unknown";
+}
 
 struct Counter {
     std::atomic<std::uint64_t> v{0};

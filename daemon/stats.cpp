@@ -114,80 +114,6 @@ nlohmann::json by_result_json(const ByResult<E>& values) {
 
 }  // namespace
 
-std::string_view result_name(ConnResult r) {
-    switch (r) {
-        case ConnResult::accepted:
-            return "accepted";
-        case ConnResult::filtered:
-            return "filtered";
-        case ConnResult::over_limit:
-            return "over_limit";
-        case ConnResult::shutting_down:
-            return "shutting_down";
-        case ConnResult::proxy_refused:
-            return "proxy_refused";
-        case ConnResult::count_:
-            break;
-    }
-    return "unknown";
-}
-
-std::string_view result_name(MsgResult r) {
-    switch (r) {
-        case MsgResult::accepted:
-            return "accepted";
-        case MsgResult::rejected:
-            return "rejected";
-        case MsgResult::failed:
-            return "failed";
-        case MsgResult::count_:
-            break;
-    }
-    return "unknown";
-}
-
-std::string_view result_name(DeliveryResult r) {
-    switch (r) {
-        case DeliveryResult::delivered:
-            return "delivered";
-        case DeliveryResult::deferred:
-            return "deferred";
-        case DeliveryResult::bounced:
-            return "bounced";
-        case DeliveryResult::count_:
-            break;
-    }
-    return "unknown";
-}
-
-std::string_view result_name(TlsResult r) {
-    switch (r) {
-        case TlsResult::ok:
-            return "ok";
-        case TlsResult::resumed:
-            return "resumed";
-        case TlsResult::failed:
-            return "failed";
-        case TlsResult::count_:
-            break;
-    }
-    return "unknown";
-}
-
-std::string_view result_name(AuthResult r) {
-    switch (r) {
-        case AuthResult::ok:
-            return "ok";
-        case AuthResult::failed:
-            return "failed";
-        case AuthResult::aborted:
-            return "aborted";
-        case AuthResult::count_:
-            break;
-    }
-    return "unknown";
-}
-
 Totals collect(const std::vector<const ShardMetrics*>& shards, const ServerNumbers& server) {
     Totals t;
     t.server = server;
@@ -269,7 +195,7 @@ std::string render_prometheus(const Totals& t) {
     w.sample("sluice_sessions_active", "", std::to_string(t.sessions_active));
 
     w.family("sluice_relay_decisions_total", "counter",
-             "Policy decisions, by decision code (PRODUCT.md section 3).");
+             "Policy decisions, by decision code (docs/decision-codes.md).");
     for (std::size_t i = 0; i < kCodes; ++i) {
         w.sample("sluice_relay_decisions_total",
                  "code=\"" + std::string(policy::code_name(static_cast<policy::Code>(i))) + "\"",

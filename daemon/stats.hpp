@@ -92,12 +92,7 @@ Totals collect(const std::vector<const ShardMetrics*>& shards, const ServerNumbe
 std::string render_prometheus(const Totals& t);
 nlohmann::json to_json(const Totals& t);
 
-// Label values as they appear in the metrics and the JSON.
-std::string_view result_name(ConnResult r);
-std::string_view result_name(MsgResult r);
-std::string_view result_name(DeliveryResult r);
-std::string_view result_name(TlsResult r);
-std::string_view result_name(AuthResult r);
+// Label values (result_name) are in daemon/metrics.hpp, one table per enum.
 
 namespace limits {
 inline constexpr std::size_t max_clients = 512;             // one more evicts the longest waiting

@@ -461,42 +461,6 @@ Decision relay(const Facts& f, const Address& sender, const Address& rcpt, const
 
 }  // namespace
 
-std::string_view code_name(Code code) {
-    switch (code) {
-        case Code::L101:
-            return "L101";
-        case Code::L102:
-            return "L102";
-        case Code::L103:
-            return "L103";
-        case Code::G106:
-            return "G106";
-        case Code::G107:
-            return "G107";
-        case Code::G108:
-            return "G108";
-        case Code::G110:
-            return "G110";
-        case Code::D109:
-            return "D109";
-        case Code::D111:
-            return "D111";
-        case Code::D112:
-            return "D112";
-        case Code::D113:
-            return "D113";
-        case Code::B120:
-            return "B120";
-        case Code::C130:
-            return "C130";
-        case Code::T140:
-            return "T140";
-        case Code::A000:
-            return "A000";
-    }
-    return "unknown";
-}
-
 std::string_view verdict_name(Verdict verdict) {
     switch (verdict) {
         case Verdict::accept:

@@ -50,6 +50,7 @@
 #include "common/net.hpp"
 #include "common/reply.hpp"
 #include "policy/address.hpp"
+#include "policy/codes.hpp"
 #include "policy/maps.hpp"
 
 namespace sluice::policy {
@@ -66,26 +67,7 @@ struct Facts {
 
 enum class Verdict { accept, reject, defer };
 
-enum class Code {
-    L101,
-    L102,
-    L103,
-    G106,
-    G107,
-    G108,
-    G110,
-    D109,
-    D111,
-    D112,
-    D113,
-    B120,
-    C130,
-    T140,
-    A000,  // a plain accept: connection or MAIL passed every check
-};
-
-// "L101", ... as in the log, `explain` and the metric label.
-std::string_view code_name(Code code);
+// Decision codes (enum Code, code_name): policy/codes.hpp, docs/decision-codes.md.
 std::string_view verdict_name(Verdict verdict);
 
 struct Decision {

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/json.hpp"
+#include "policy/codes.hpp"
 
 namespace sluice::ctl::logreport {
 namespace {
@@ -930,34 +931,6 @@ void json_counts(std::string& out, const TopTable& t) {
     out += "}";
 }
 
-std::string_view code_meaning(std::string_view code) {
-    struct Row {
-        std::string_view code, meaning;
-    };
-    static constexpr Row kRows[] = {
-        {"L101", "local recipient"},
-        {"L102", "local domain, to the catch-all"},
-        {"L103", "local domain, unknown address"},
-        {"G106", "relay granted: local sender (weak)"},
-        {"G107", "relay granted: privileged network"},
-        {"G108", "relay granted: authenticated"},
-        {"G110", "relay granted: open relay mode (weak)"},
-        {"D109", "relay denied: sender not local"},
-        {"D111", "relay denied: no criterion met"},
-        {"D112", "relay denied: relaying disabled"},
-        {"D113", "denied: sender-specified routing"},
-        {"B120", "denied: block list"},
-        {"C130", "connection refused by the IP filter"},
-        {"T140", "temporary failure (fail closed)"},
-    };
-    for (const auto& r : kRows) {
-        if (r.code == code) {
-            return r.meaning;
-        }
-    }
-    return "";
-}
-
 }  // namespace
 
 std::string Analyzer::format_text() const {
@@ -994,7 +967,7 @@ std::string Analyzer::format_text() const {
         }
         for (const auto& e : rows) {
             out += "  " + pad_right(printable(e.key), 6) + pad_left(number(e.count), 10) + "  " +
-                   std::string(code_meaning(e.key)) + "\n";
+                   std::string(policy::code_meaning(e.key)) + "\n";
         }
     }
 

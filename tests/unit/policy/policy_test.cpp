@@ -617,3 +617,17 @@ TEST(UnparsableRouting, TrickMarksAreD113) {
         EXPECT_FALSE(unparsable_routing(path).has_value()) << path;
     }
 }
+
+// policy/codes.hpp: one row per code, read by the policy, the stats, the logs and
+// log-report; every row names itself and says what it means.
+TEST(PolicyCodes, EveryRowNamesItsCodeAndMeansSomething) {
+    for (const auto& row : kCodes) {
+        EXPECT_EQ(code_name(row.code), row.name);
+        ASSERT_TRUE(find_code(row.name).has_value()) << row.name;
+        EXPECT_EQ(*find_code(row.name), row.code);
+        EXPECT_FALSE(code_meaning(row.name).empty()) << row.name;
+    }
+    EXPECT_EQ(code_meaning("D111"), "relay denied: no criterion met");
+    EXPECT_FALSE(find_code("X999").has_value());
+    EXPECT_EQ(code_meaning("X999"), "");
+}
