@@ -24,7 +24,9 @@
 //   an IPv4-mapped IPv6 literal as the IPv4 literal); a quoted local part is unquoted when
 //   its content is a valid Dot-string (RFC 5321 §4.1.2 "SHOULD"), else re-quoted escaping
 //   only '"' and '\'. The local part's case is kept (RFC 5321 §2.4). The canonical text is
-//   never longer than the text sent.
+//   never longer than the text sent, but for one case: an IPv6 literal that wrote "::" for a
+//   single zero group grows by one octet, as RFC 5952 §4.2.2 writes that group as "0"
+//   (found by tests/fuzz/fuzz_parse_path.cpp; the RFC 5321 §4.5.3.1 limits still hold).
 // - Not done: IDNA A-label/U-label equivalence and Unicode normalisation; "xn--..." and
 //   its U-label are different strings here (a mismatch can only make a domain non-local,
 //   i.e. subject to the relay rules, never the reverse).

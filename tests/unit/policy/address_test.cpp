@@ -335,6 +335,18 @@ TEST(AddressTricks, V4CompatibleIpv6LiteralsKeepTheHexForm) {
     }
 }
 
+// Found by tests/fuzz/fuzz_parse_path.cpp: "::" for one zero group is valid input, but
+// RFC 5952 §4.2.2 writes that group as "0"; the canonical literal is one octet longer and
+// still a fixed point.
+TEST(AddressTricks, Ipv6LiteralWithOneZeroGroupIsCanonical) {
+    auto r = rcpt("<user@[IPv6:f:2::fff:f:19:2.0.2.1]>");
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r.address.domain, "[IPv6:f:2:0:fff:f:19:200:201]");
+    auto again = rcpt("<" + r.address.str() + ">");
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(again.address.domain, r.address.domain);
+}
+
 TEST(AddressTricks, NumericDomainsAreRefused) {
     // IPv4 addresses spelled as names: decimal, hex, octal, dotted, partial.
     for (auto d : {"3221225985", "0xC0000201", "0xc0000201", "030000001001", "192.0.2.1",
