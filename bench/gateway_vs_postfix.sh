@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/gateway_vs_postfix.sh [BUILD] [REPS] [SCENARIOS]
 #
-# Issue 4's comparison, in one sitting on this machine: the shared harness
+# Sluice against Postfix as a gateway, in one sitting on this machine: the shared harness
 # (../shared/bench, or $SHARED_BENCH) runs Postfix as an edge gateway with its durable
 # queue, then sluiced with its durable spool, under the same smtp-source load, and counts
 # what reaches the same smtp-sink next hop. Also measures the harness ceiling

@@ -2,7 +2,7 @@
 """bench/idle_memory.py [BUILD] [N]
 
 Resident memory of sluiced holding N idle sessions after EHLO (default 10000), against
-its own baseline measured in the same run. Target (issue 2): < 64 MB above the baseline.
+its own baseline measured in the same run. Target: < 64 MB above the baseline.
 """
 import asyncio
 import os

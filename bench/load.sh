@@ -5,7 +5,7 @@
 #   ceiling : smtp-source -s 20 -d -m 20000 -l 1024  ->  smtp-sink
 #   sluiced : smtp-source -s 20 -d -m 20000 -l 1024  ->  sluiced -> maildir on tmpfs
 # Alternates the two REPS times (default 3) and prints the medians and their ratio.
-# Target (issue 2): sluiced >= 0.6 x smtp-sink.
+# Target: sluiced >= 0.6 x smtp-sink.
 set -euo pipefail
 build=${1:-build}
 reps=${2:-3}

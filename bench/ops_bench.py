@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Costs of operating the live daemon (issue 6), measured against a real sluiced.
+"""Costs of operating the live daemon, measured against a real sluiced.
 
   bench/ops_bench.py [BUILD] reload [RELOADS]   reload latency under load with a 1M-entry map
   bench/ops_bench.py [BUILD] scrape [REPS]      throughput with /metrics scraped 10x/s vs not

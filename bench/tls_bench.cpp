@@ -6,7 +6,7 @@
 //   full:    complete in-memory handshakes, daemon/tls.hpp TlsStream against
 //            TlsClientStream; only the server's thread CPU time is counted (manual time).
 //   resumed: the same with a session ticket (RFC 5077).
-// Targets (issue 5): full >= 0.7 x the raw rate; resumed >= 5 x the full rate. The
+// Targets: full >= 0.7 x the raw rate; resumed >= 5 x the full rate. The
 // ratios are printed after the table. Run with `make bench` or build/bench/tls_bench.
 
 #include <benchmark/benchmark.h>

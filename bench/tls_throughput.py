@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bench/tls_throughput.py [BUILD] [MSGS]
 
-Issue 5: 20 sessions x 10 KB through sluiced over STARTTLS vs plaintext, same run, same
+20 sessions x 10 KB through sluiced over STARTTLS vs plaintext, same run, same
 daemon (an mx listener with tls = "optional", maildir on tmpfs). Each session reuses its
 connection (one TLS handshake per session). Prints both rates and their ratio. The client
 is Python's smtplib, the same for both modes, so the ratio is what counts.

@@ -469,7 +469,7 @@ std::string lower(std::string s) {
     return s;
 }
 
-// A domain as the policy compares it: lower-case, no trailing dot (PRODUCT.md §3).
+// A domain as the policy compares it: lower-case, no trailing dot (policy/address.hpp).
 bool normalise_domain(std::string& d) {
     d = lower(d);
     if (!d.empty() && d.back() == '.') {
@@ -733,7 +733,7 @@ LoadResult finish(Loader& loader, const toml::table& root, const std::string& pa
         }
     }
 
-    // control socket: sun_path is 108 bytes and libuv 1.44 truncates silently (STACK.md).
+    // control socket: sun_path is 108 bytes and libuv 1.44 truncates silently (unix(7)).
     if (cfg->control.socket.size() > 107) {
         auto* n = root["control"]["socket"].node();
         if (n) {

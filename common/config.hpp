@@ -1,5 +1,5 @@
 #pragma once
-// The configuration: a TOML file (PRODUCT.md §4) parsed, validated and normalised into
+// The configuration: a TOML file (docs/config.md) parsed, validated and normalised into
 // an immutable snapshot. Every key is declared once, in config.cpp's schema tables, with
 // its type, default, bounds and a line of documentation. Every problem is reported as
 // `FILE:LINE:COL: message`, all of them, sorted by position.

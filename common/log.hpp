@@ -1,5 +1,5 @@
 #pragma once
-// Structured logs: one line per event, `key=value` (PRODUCT.md §6), written to stderr with
+// Structured logs: one line per event, `key=value` (docs/logs.md), written to stderr with
 // a single write(2) so lines from different shards never interleave. Values with spaces,
 // quotes or control characters are quoted and escaped: a peer-supplied HELO can never
 // forge a field or a line.

@@ -65,7 +65,7 @@ enum class Reply : std::uint8_t {
     nul_in_message,        // 554 5.6.0
     local_error,           // 451 4.3.0
     insufficient_storage,  // 452 4.3.1
-    // Relay decisions (PRODUCT.md §3).
+    // Relay decisions (docs/decision-codes.md).
     recipient_local,  // 250 2.1.5 L101/L102
     unknown_user,     // 550 5.1.1 L103
     relay_granted,    // 250 2.1.5 G1xx

@@ -1,6 +1,6 @@
 #pragma once
 // Durations and sizes as written in the config ("5m", "25MiB"). Every value takes a
-// unit (PRODUCT.md §4). Pure functions, errors as values.
+// unit (docs/config.md). Pure functions, errors as values.
 
 #include <chrono>
 #include <cstdint>

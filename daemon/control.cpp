@@ -201,7 +201,8 @@ json explain(const Snapshot& snapshot, const policy::Maps& maps, const ExplainAr
         return error_reply("client \"" + a.client + "\" is not an IP address");
     }
     if (!a.auth.empty() && listener->role == Role::mx) {
-        // PRODUCT.md §2: an mx listener offers no AUTH; no session there is authenticated.
+        // An mx listener offers no AUTH (docs/config.md, listener.role); no session there is
+        // authenticated.
         return error_reply("listener " + listener->name +
                            " has role mx, which offers no AUTH: --auth cannot apply there");
     }
@@ -508,7 +509,7 @@ ControlServer::~ControlServer() = default;
 std::string ControlServer::listen(const std::string& path) {
     sockaddr_un probe{};
     if (path.empty() || path.size() >= sizeof probe.sun_path) {
-        // libuv 1.44 would truncate silently (STACK.md).
+        // libuv 1.44 would truncate silently (unix(7)).
         return "control socket path \"" + path + "\" is empty or longer than " +
                std::to_string(sizeof probe.sun_path - 1) + " bytes";
     }

@@ -1,4 +1,4 @@
-// sluiced: the Sluice SMTP gateway daemon (PRODUCT.md §1).
+// sluiced: the Sluice SMTP gateway daemon (README.md, docs/architecture.md).
 //
 //   sluiced [--config FILE] [--check] [--log-level debug|info|warn|error]
 //
@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
         if (check) {
             std::cerr << d.str() << "\n";
         } else {
-            // The daemon's stderr is its log: one key=value line per problem (PRODUCT.md §6).
+            // The daemon's stderr is its log: one key=value line per problem (docs/logs.md).
             LogLine(error ? Level::error : Level::warn, "config").kv("problem", d.str());
         }
     }

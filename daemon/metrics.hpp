@@ -1,5 +1,5 @@
 #pragma once
-// Counters of one shard (PRODUCT.md §7). Each shard writes only its own `ShardMetrics`
+// Counters of one shard (docs/metrics.md). Each shard writes only its own `ShardMetrics`
 // (single writer: relaxed load + store, no locked instructions on the data path); the
 // stats endpoint reads all shards at scrape time and sums them.
 

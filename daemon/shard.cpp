@@ -15,7 +15,7 @@ namespace {
 constexpr std::uint64_t kTickMs = 250;
 // Maps are checked for a newly published generation this often.
 constexpr std::uint64_t kMapRefreshTicks = 1;
-// One read buffer per loop, reused by every connection (STACK.md: no 64 KiB per idle peer).
+// One read buffer per loop, reused by every connection (no 64 KiB per idle peer).
 constexpr std::size_t kReadBuffer = 64 * 1024;
 
 }  // namespace

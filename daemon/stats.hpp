@@ -1,5 +1,5 @@
 #pragma once
-// The numbers of PRODUCT.md §7 and the HTTP endpoint that serves them.
+// The numbers of docs/metrics.md and the HTTP endpoint that serves them.
 //
 // collect() sums every shard's ShardMetrics at scrape time. The shards write their own
 // counters with relaxed stores and are never stopped or locked for a scrape; the only lock
@@ -51,7 +51,7 @@ struct ServerNumbers {
     std::uint64_t reloads_failed = 0;
     std::uint64_t queue_messages = 0;
     // The spool's group commit: messages made durable, batches written, fsyncs issued
-    // (their ratio is the fsyncs per message of issue 4's target).
+    // (their ratio is the fsyncs per message, bench/gateway_vs_postfix.sh).
     std::uint64_t spool_committed = 0;
     std::uint64_t spool_batches = 0;
     std::uint64_t spool_fsyncs = 0;

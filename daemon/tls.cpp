@@ -145,7 +145,7 @@ bool is_ip_literal(const std::string& name) {
 }
 
 void apply_common(mbedtls_ssl_config& conf) {
-    // STACK.md: Debian's defaults accepted a TLS 1.0 client; pin 1.2 at both ends.
+    // Debian's mbedTLS 2.28 defaults accept a TLS 1.0 client; pin 1.2 at both ends.
     mbedtls_ssl_conf_min_version(&conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
     mbedtls_ssl_conf_max_version(&conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
     mbedtls_ssl_conf_ciphersuites(&conf, kSuites);

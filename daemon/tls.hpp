@@ -108,7 +108,8 @@ class TlsChannel {
     // Encrypts application data into outbox(). error before the handshake is done.
     Status send(std::string_view plain);
     // Ciphertext to write (handshake records, data records, alerts). The caller removes
-    // what it wrote; write it all in one go per step (STACK.md: Nagle + delayed ACK).
+    // what it wrote; write it all in one go per step (Nagle + delayed ACK would hold a second
+    // small write, RFC 896).
     std::string& outbox();
     // Queues a close_notify alert in outbox() (no-op before the handshake is done).
     void close_notify();

@@ -1,7 +1,7 @@
 #pragma once
 // SMTP paths (RFC 5321 §4.1.2): the <...> argument of MAIL FROM and RCPT TO, parsed once
 // and canonicalised so the policy decides on exactly the form that is forwarded
-// (PRODUCT.md §3).
+// (docs/decision-codes.md).
 //
 // Trust: the input is peer-controlled bytes. The parser is a pure function over them: no
 // allocation beyond the result, no exceptions, no I/O, linear time.

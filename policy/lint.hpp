@@ -1,5 +1,5 @@
 #pragma once
-// Open-relay lint (PRODUCT.md §5): what `sluicectl check` and `sluiced --check` report about
+// Open-relay lint (docs/maps.md): what `sluicectl check` and `sluiced --check` report about
 // a loaded config and the entries of the maps that widen who may relay or connect.
 //
 // A pure function over values: it reads no file and opens no map (the caller lists the

@@ -2,7 +2,7 @@
 
 namespace sluice::policy {
 
-// The names PRODUCT.md §5 gives the maps: what `sluicectl map` takes and what logs and
+// The names of the maps (docs/maps.md): what `sluicectl map` takes and what logs and
 // decisions print.
 std::string_view map_name(MapId id) {
     switch (id) {

@@ -1,5 +1,5 @@
 #pragma once
-// The policy's view of the operator's maps (PRODUCT.md §5). The policy never opens a
+// The policy's view of the operator's maps (docs/maps.md). The policy never opens a
 // file: it asks this interface, and `storage/` implements it over LMDB. A lookup either
 // finds a value, finds nothing, or fails; a failure must turn into a temporary-failure
 // decision (T140), never into an accept.

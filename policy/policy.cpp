@@ -98,7 +98,7 @@ bool keyword_is(std::string_view word, std::string_view upper) {
     return true;
 }
 
-// "OK" | "REJECT [text]" | "DEFER [text]" (PRODUCT.md §5), keywords in any case.
+// "OK" | "REJECT [text]" | "DEFER [text]" (docs/maps.md), keywords in any case.
 Action parse_action(std::string_view value) {
     value = trim(value);
     std::size_t sp = value.find_first_of(" \t");

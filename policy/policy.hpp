@@ -1,5 +1,5 @@
 #pragma once
-// The relay policy (PRODUCT.md §3): a pure function from (connection facts, envelope,
+// The relay policy (docs/decision-codes.md): a pure function from (connection facts, envelope,
 // rules) to a decision. It runs for every connection, MAIL and RCPT.
 //
 // Trust: `Facts` and the addresses come from the session (peer-controlled, but already

@@ -1,5 +1,6 @@
 #pragma once
-// The `maildir:PATH` transport (PRODUCT.md §4): each message becomes one file in a Maildir
+// The `maildir:PATH` transport (docs/config.md, [routes]): each message becomes one file in
+// a Maildir
 // (tmp/ -> fsync -> rename into new/ -> fsync of new/), so a file in new/ is always
 // complete and durable. Blocking: call it from a worker thread, never from a shard loop.
 //

@@ -12,7 +12,7 @@
 //   ranges    range end(16) -> start(16) owner base(16) owner prefix(1) payload
 // where payload = file index (u32 LE) + line (u32 LE) + value bytes. `ranges` holds the
 // CIDR entries flattened at build time into disjoint address ranges, each owned by the
-// longest prefix covering it, so a longest-prefix match is one MDB_SET_RANGE (STACK.md).
+// longest prefix covering it, so a longest-prefix match is one MDB_SET_RANGE.
 // Addresses are 16 bytes, big-endian, IPv4 as IPv4-mapped IPv6 (common/net.hpp).
 //
 // After the LMDB data comes a trailer block of kTrailerSize bytes whose last 32 bytes are

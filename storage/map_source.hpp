@@ -1,5 +1,5 @@
 #pragma once
-// The text form of the operator's maps (PRODUCT.md §5) and the one definition of what a
+// The text form of the operator's maps (docs/maps.md) and the one definition of what a
 // valid, normalised entry of each map is. Pure: bytes in, entries and diagnostics out.
 //
 // Source syntax (postmap-like): one entry per line, `KEY [VALUE...]`, fields separated by
@@ -8,7 +8,7 @@
 // of the value (an access map's REJECT text may contain one). Blank lines are ignored.
 // A trailing CR is dropped (files edited on Windows).
 //
-// Normalisation matches the policy's canonical addresses (PRODUCT.md §3, policy/address.hpp):
+// Normalisation matches the policy's canonical addresses (policy/address.hpp):
 // the domain is lower-cased (ASCII) and loses a trailing dot; the local part keeps its case
 // (RFC 5321 §2.4) and is kept as written, except that a needlessly quoted local part is
 // unquoted. Entries the policy could never match are errors rather than dead rows: `%`,
@@ -63,7 +63,7 @@ inline constexpr std::size_t kLine = 4096;
 }  // namespace limits
 
 // The map's file-system name ("local_domains", ...). Kept here rather than calling
-// policy::map_name so storage links without the policy library; the names are PRODUCT.md's.
+// policy::map_name so storage links without the policy library; the names are docs/maps.md's.
 std::string_view map_file_name(MapId id);
 std::optional<MapId> map_from_name(std::string_view name);
 // Maps whose keys are CIDRs (answered by find_cidr); `access` has both kinds.

@@ -1,5 +1,5 @@
 #pragma once
-// The operator's maps on LMDB (PRODUCT.md §5): publishing them atomically, listing and
+// The operator's maps on LMDB (docs/maps.md): publishing them atomically, listing and
 // editing them offline (sluicectl), and reading them on the data path (MapReader, the
 // implementation of policy::Maps).
 //

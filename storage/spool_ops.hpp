@@ -1,5 +1,5 @@
 #pragma once
-// The operator's `queue` commands (PRODUCT.md §1) as functions of a Spool: parse the
+// The operator's `queue` commands (README.md) as functions of a Spool: parse the
 // arguments, run them, render text or JSON. `sluicectl queue ...` calls these on a spool it
 // opened offline; the daemon's control socket can call the same ones on its live spool, so
 // both paths print exactly the same thing.

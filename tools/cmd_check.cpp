@@ -1,4 +1,4 @@
-// sluicectl check: lints the config and the maps for open-relay risks (PRODUCT.md §5).
+// sluicectl check: lints the config and the maps for open-relay risks (docs/maps.md).
 //
 // Loads the config (its own errors and warnings come first), then storage::check_maps:
 // every map in maps.dir must be readable, and the entries of the maps that decide who may

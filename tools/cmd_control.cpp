@@ -1,5 +1,5 @@
 // sluicectl reload | status | stats | explain: the commands that ask the running daemon
-// (PRODUCT.md §1), over its control socket (daemon/control.hpp, tools/control_client.hpp).
+// (README.md), over its control socket (daemon/control.hpp, tools/control_client.hpp).
 //
 // Trust: run by the operator; arguments are validated here and again by the daemon.
 // Exit codes (tools/ctl.hpp): 0 done; 1 the daemon refused or failed the operation (a

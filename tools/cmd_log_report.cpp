@@ -1,4 +1,4 @@
-// sluicectl log-report [FILE...]: summarises the decision log (PRODUCT.md §6). Argument
+// sluicectl log-report [FILE...]: summarises the decision log (docs/logs.md). Argument
 // handling and input reading; the analysis is in tools/log_report.cpp.
 //
 // Input goes through zlib's gzread, which decompresses gzip (also concatenated members,

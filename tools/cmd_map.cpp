@@ -1,4 +1,4 @@
-// sluicectl map: build, edit and query the LMDB maps offline (PRODUCT.md §1, §5).
+// sluicectl map: build, edit and query the LMDB maps offline (docs/maps.md).
 //
 // Works on the files in maps.dir directly; a running daemon notices each new generation by
 // itself (storage/maps.hpp), so no socket is needed. Every change publishes a new file

@@ -1,4 +1,4 @@
-// sluicectl queue list|show|delete|hold|release|flush|purge (PRODUCT.md §1): the spool.
+// sluicectl queue list|show|delete|hold|release|flush|purge (README.md): the spool.
 //
 // Works offline on spool.dir from the config: opens the spool the way the daemon does
 // (its flock, then recovery) and runs storage/spool_ops.hpp's command on it. While the

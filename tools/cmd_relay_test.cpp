@@ -1,5 +1,5 @@
 // sluicectl relay-test HOST[:PORT]: the open-relay battery against any SMTP server
-// (PRODUCT.md §1, seed 001). Argument handling only; the work is in tools/relay_test.cpp.
+// (README.md). Argument handling only; the work is in tools/relay_test.cpp.
 
 #include <unistd.h>
 

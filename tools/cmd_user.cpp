@@ -1,4 +1,4 @@
-// sluicectl user: the SMTP AUTH users in the LMDB `users` map (PRODUCT.md §1, §5).
+// sluicectl user: the SMTP AUTH users in the LMDB `users` map (docs/maps.md).
 //
 // Passwords are read from stdin only (never from the command line, where `ps` and shell
 // history would see them): on a terminal with echo off and asked twice, otherwise one

@@ -1,6 +1,7 @@
 #pragma once
-// log-report: summarises the decision log (PRODUCT.md §6) the way an operator hunting
-// relay abuse needs it (seed 000): counts per decision code, denied relay attempts
+// log-report: summarises the decision log (docs/logs.md) the way an operator hunting
+// relay abuse needs it (README.md, open-relay incident): counts per decision code, denied
+// relay attempts
 // (D1xx, B120) by client, client network, sender and recipient domain, relays granted
 // by weak criteria (G106 local sender, G110 open mode) as warnings, authenticated
 // users (G108) with unusual volume, connection-filter refusals (C130), the time range.

@@ -371,7 +371,8 @@ std::vector<Probe> build_catalogue(const ProbeContext& ctx) {
                             std::move(rcpt)});
     };
 
-    // (a) The manual test of seed 001: a valid and a fake local sender to an outside
+    // (a) The manual open-relay test an operator types: a valid and a fake local sender to
+    // an outside
     // recipient; then the plainest relays.
     add("manual-valid-local-sender", "manual",
         "seed 001: a valid local sender to an outside recipient", sender, outside);

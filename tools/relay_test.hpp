@@ -1,11 +1,11 @@
 #pragma once
 // relay-test: probes any SMTP server from outside with the open-relay trick battery
-// (PRODUCT.md §1, seed 001) and says, probe by probe, whether an outside recipient was
+// (README.md) and says, probe by probe, whether an outside recipient was
 // accepted.
 //
 // Parts, each usable on its own:
 //   - parse_reply: a pure parser for SMTP replies, multi-line included (RFC 5321 §4.2.1);
-//   - build_catalogue: the probes (the manual test of seed 001, then percent hack, bang
+//   - build_catalogue: the probes (the manual open-relay test, then percent hack, bang
 //     paths, quoted local parts, double @, source routes, IP literals of the server's own
 //     address in every spelling, case and trailing-dot games, null sender, HELO spoofing);
 //   - SmtpClient: a small blocking client on POSIX sockets + poll() with a deadline per

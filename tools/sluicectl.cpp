@@ -1,4 +1,4 @@
-// sluicectl: the operator's control CLI (PRODUCT.md §1). Talks to the daemon over the
+// sluicectl: the operator's control CLI (README.md). Talks to the daemon over the
 // control socket where a live daemon is needed, and works offline on the config, the
 // maps and the spool where that makes sense.
 //

@@ -1,4 +1,4 @@
-"""Hostile clients, one numbered case each (issue 2, item 5): the exact reply code, no
+"""Hostile clients, one numbered case each : the exact reply code, no
 buffer growth, nothing half-received ever stored."""
 import socket
 import time

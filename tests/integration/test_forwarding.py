@@ -1,4 +1,4 @@
-"""The durable spool and forwarding in a real sluiced (issue 4): smtp-source and smtplib in,
+"""The durable spool and forwarding in a real sluiced: smtp-source and smtplib in,
 a recording next hop (aiosmtpd) or smtp-sink out; outages, refusals, bounces, kill -9."""
 import os
 import random

@@ -1,4 +1,4 @@
-"""STARTTLS to the next hop per route (issue 5 item 6) in a real sluiced: a recording next
+"""STARTTLS to the next hop per route in a real sluiced: a recording next
 hop (aiosmtpd) with and without STARTTLS; `?starttls=required|optional|off`, certificate
 verification against [tls] ca_file, fallback to plaintext after a failed optional handshake,
 session resumption, and the config checks that go with it."""

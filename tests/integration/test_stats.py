@@ -38,7 +38,7 @@ def status_of(raw):
 def test_metrics_match_the_traffic_sent():
     with Daemon().enable_stats() as d:
         before, types = d.metrics()
-        # Every family of PRODUCT.md section 7, with its type.
+        # Every family of docs/metrics.md that the contract names, with its type.
         for name, kind in [("sluice_connections", "counter"), ("sluice_sessions_active", "gauge"),
                            ("sluice_relay_decisions", "counter"), ("sluice_messages", "counter"),
                            ("sluice_bytes_received", "counter"), ("sluice_queue_messages", "gauge"),

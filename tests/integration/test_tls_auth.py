@@ -1,4 +1,4 @@
-"""STARTTLS, implicit TLS and SMTP AUTH in a real sluiced (issue 5), with real clients:
+"""STARTTLS, implicit TLS and SMTP AUTH in a real sluiced, with real clients:
 Python's smtplib, swaks and openssl s_client."""
 import base64
 import smtplib

@@ -218,7 +218,7 @@ TEST(AuthThrottle, PerUserLimitAcrossAddresses) {
 }
 
 TEST(AuthThrottle, RightPasswordFromAnotherAddressStillWorks) {
-    // The brute-force case: N wrong passwords from one address are throttled, the
+    // The brute-force case: N wrong passwords from one address are throttled, the
     // owner logs in from elsewhere.
     FakeClock clock;
     AuthThrottle th(AuthThrottle::Limits{}, clock.fn());

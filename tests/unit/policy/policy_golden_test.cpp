@@ -211,7 +211,8 @@ TEST(PolicyGolden, Table) {
     EXPECT_EQ(checked, static_cast<int>(rows.size()));
 }
 
-// The probe of `sluicectl relay-test` and seed 001, from outside, with every safe setting:
+// The probe of `sluicectl relay-test` and the manual open-relay test, from outside, with
+// every safe setting:
 // nothing may be accepted for a non-local destination. A parse error counts as refused.
 TEST(PolicyGolden, OpenRelayBatteryIsRefused) {
     const char* recipients[] = {

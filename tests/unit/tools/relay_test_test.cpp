@@ -263,7 +263,7 @@ void check_catalogue(const ProbeContext& ctx) {
                                "source-route", "ip-literal", "case", "helo"}) {
         EXPECT_TRUE(categories.count(std::string(c))) << c;
     }
-    // The manual test of seed 001 comes first, as an operator would type it.
+    // The manual open-relay test comes first, as an operator would type it.
     EXPECT_EQ(cat[0].name, "manual-valid-local-sender");
     EXPECT_EQ(cat[0].mail_from, "<postmaster@example.test>");
     EXPECT_EQ(cat[0].rcpt_to, "<relay-test@outside.example>");
