@@ -12,6 +12,8 @@
 #include <thread>
 #include <variant>
 
+#include "common/ascii.hpp"
+
 namespace sluice {
 namespace {
 
@@ -462,16 +464,9 @@ class Loader {
     std::string dir_;
 };
 
-std::string lower(std::string s) {
-    for (auto& c : s) {
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    }
-    return s;
-}
-
 // A domain as the policy compares it: lower-case, no trailing dot (policy/address.hpp).
 bool normalise_domain(std::string& d) {
-    d = lower(d);
+    d = ascii::lower(d);
     if (!d.empty() && d.back() == '.') {
         d.pop_back();
     }

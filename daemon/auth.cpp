@@ -7,6 +7,8 @@
 #include <memory>
 #include <random>
 
+#include "common/ascii.hpp"
+
 namespace sluice::auth {
 
 namespace {
@@ -40,14 +42,6 @@ bool equal_ct(std::string_view a, std::string_view b) {
     return diff == 0;
 }
 
-bool iequals_ascii(std::string_view a, std::string_view b) {
-    return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
-        auto lx = (x >= 'A' && x <= 'Z') ? static_cast<char>(x - 'A' + 'a') : x;
-        auto ly = (y >= 'A' && y <= 'Z') ? static_cast<char>(y - 'A' + 'a') : y;
-        return lx == ly;
-    });
-}
-
 // `addr` (local@domain, split at the last '@') matches `pattern` (local@domain or @domain).
 bool address_matches(std::string_view pattern, std::string_view addr) {
     std::size_t at = addr.rfind('@');
@@ -55,7 +49,7 @@ bool address_matches(std::string_view pattern, std::string_view addr) {
     if (at == std::string_view::npos || pat == std::string_view::npos) {
         return false;
     }
-    if (!iequals_ascii(pattern.substr(pat + 1), addr.substr(at + 1))) {
+    if (!ascii::iequals(pattern.substr(pat + 1), addr.substr(at + 1))) {
         return false;
     }
     return pat == 0 || pattern.substr(0, pat) == addr.substr(0, at);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/ascii.hpp"
+
 namespace sluice::http {
 namespace {
 
@@ -26,20 +28,6 @@ bool is_field_value_octet(char ch) {
 
 bool is_ows(char c) {
     return c == ' ' || c == '\t';
-}
-
-std::string lower(std::string_view s) {
-    std::string out(s);
-    for (auto& c : out) {
-        if (c >= 'A' && c <= 'Z') {
-            c = static_cast<char>(c - 'A' + 'a');
-        }
-    }
-    return out;
-}
-
-bool starts_with_nocase(std::string_view s, std::string_view prefix) {
-    return s.size() >= prefix.size() && lower(s.substr(0, prefix.size())) == prefix;
 }
 
 }  // namespace
@@ -166,7 +154,7 @@ void RequestParser::on_request_line(std::string_view line) {
     std::string_view path;
     if (target.front() == '/') {
         path = target;  // origin-form
-    } else if (starts_with_nocase(target, "http://") || starts_with_nocase(target, "https://")) {
+    } else if (ascii::istarts_with(target, "http://") || ascii::istarts_with(target, "https://")) {
         // absolute-form (RFC 9112 §3.2.2: a server MUST accept it).
         std::string_view rest = target.substr(target.find("//") + 2);
         std::size_t slash = rest.find('/');
@@ -210,7 +198,7 @@ void RequestParser::on_field_line(std::string_view line) {
     while (!value.empty() && is_ows(value.back())) {
         value.remove_suffix(1);
     }
-    request_.fields.emplace_back(lower(line.substr(0, colon)), std::string(value));
+    request_.fields.emplace_back(ascii::lower(line.substr(0, colon)), std::string(value));
 }
 
 void RequestParser::on_end_of_head() {

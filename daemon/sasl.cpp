@@ -3,6 +3,8 @@
 #include <array>
 #include <cstdint>
 
+#include "common/ascii.hpp"
+
 namespace sluice::sasl {
 
 namespace {
@@ -26,22 +28,6 @@ constexpr std::array<std::int8_t, 256> decode_table() {
     return t;
 }
 constexpr auto kDecode = decode_table();
-
-char upper_ascii(char c) {
-    return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) {
-        return false;
-    }
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        if (upper_ascii(a[i]) != upper_ascii(b[i])) {
-            return false;
-        }
-    }
-    return true;
-}
 
 // Well-formed UTF-8 (RFC 3629 §4: no overlongs, no surrogates, nothing above U+10FFFF)
 // and no C0/C1 control characters or DEL.
@@ -128,10 +114,10 @@ bool valid_identity(std::string_view id) {
 }
 
 std::optional<Mechanism> parse_mechanism(std::string_view name) {
-    if (iequals(name, "PLAIN")) {
+    if (ascii::iequals(name, "PLAIN")) {
         return Mechanism::plain;
     }
-    if (iequals(name, "LOGIN")) {
+    if (ascii::iequals(name, "LOGIN")) {
         return Mechanism::login;
     }
     return std::nullopt;

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <ctime>
 
+#include "common/ascii.hpp"
 #include "common/log.hpp"
 
 namespace sluice::smtp {
@@ -18,23 +19,6 @@ constexpr std::size_t kMaxPendingInput = 64 * 1024;
 // RFC 5321 §4.5.3.1.8 allows rejecting excess recipients; RCPT attempts beyond this count
 // (accepted or not) end the session as abusive.
 constexpr std::uint32_t kMaxRcptAttemptsFactor = 2;
-
-bool ascii_iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) {
-        return false;
-    }
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        char x = a[i], y = b[i];
-        if (x >= 'a' && x <= 'z')
-            x = static_cast<char>(x - 32);
-        if (y >= 'a' && y <= 'z')
-            y = static_cast<char>(y - 32);
-        if (x != y) {
-            return false;
-        }
-    }
-    return true;
-}
 
 // RFC 5321 §4.1.1.1: EHLO/HELO take a domain or an address literal.
 bool valid_helo(std::string_view s) {
@@ -71,7 +55,7 @@ std::uint32_t count_hops(std::string_view data) {
             break;  // end of data or the empty line that ends the header section
         }
         std::string_view line = data.substr(pos, eol - pos);
-        if (line.size() >= 9 && ascii_iequals(line.substr(0, 9), "Received:")) {
+        if (line.size() >= 9 && ascii::iequals(line.substr(0, 9), "Received:")) {
             ++hops;
         }
         pos = eol + 2;
@@ -471,9 +455,9 @@ void Session::on_mail(const Command& c) {
             }
             tx.declared_size = n;
         } else if (prm.keyword == "BODY" && prm.has_value && esmtp_) {
-            if (ascii_iequals(prm.value, "8BITMIME")) {
+            if (ascii::iequals(prm.value, "8BITMIME")) {
                 tx.body_8bit = true;
-            } else if (!ascii_iequals(prm.value, "7BIT")) {
+            } else if (!ascii::iequals(prm.value, "7BIT")) {
                 reply(Reply::unsupported_body);
                 return;
             }

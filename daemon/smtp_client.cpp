@@ -4,6 +4,8 @@
 #include <cstring>
 #include <utility>
 
+#include "common/ascii.hpp"
+
 namespace sluice::smtp {
 namespace {
 
@@ -11,22 +13,6 @@ using Kind = RecipientResult::Kind;
 
 bool is_digit(char c) {
     return c >= '0' && c <= '9';
-}
-
-char ascii_upper(char c) {
-    return c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) {
-        return false;
-    }
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        if (ascii_upper(a[i]) != ascii_upper(b[i])) {
-            return false;
-        }
-    }
-    return true;
 }
 
 // RFC 3463 §2: class "." subject "." detail, 1-3 digits each, class 2, 4 or 5 and (RFC
@@ -568,7 +554,7 @@ Millis Client::current_timeout() const {
 
 bool Client::server_supports(std::string_view ext) const {
     return std::any_of(extensions_.begin(), extensions_.end(),
-                       [&](const std::string& e) { return iequals(e, ext); });
+                       [&](const std::string& e) { return ascii::iequals(e, ext); });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -667,8 +653,7 @@ void Client::on_ehlo(const ServerReply& r) {
     for (std::size_t i = 1; i < r.lines.size(); ++i) {
         std::string_view l = r.lines[i];
         std::size_t sp = l.find(' ');
-        std::string kw(l.substr(0, sp));
-        std::transform(kw.begin(), kw.end(), kw.begin(), ascii_upper);
+        std::string kw = ascii::upper(l.substr(0, sp));
         if (kw.empty()) {
             continue;
         }

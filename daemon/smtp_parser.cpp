@@ -3,24 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/ascii.hpp"
+
 namespace sluice::smtp {
 namespace {
-
-char upper(char c) {
-    return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) {
-        return false;
-    }
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        if (upper(a[i]) != upper(b[i])) {
-            return false;
-        }
-    }
-    return true;
-}
 
 struct VerbName {
     std::string_view name;
@@ -110,7 +96,7 @@ Command parse_command(std::string_view line) {
     std::string_view word = line.substr(0, sp);
     std::string_view rest = sp == std::string_view::npos ? std::string_view{} : line.substr(sp + 1);
     for (const auto& e : verbs) {
-        if (iequals(word, e.name)) {
+        if (ascii::iequals(word, e.name)) {
             cmd.verb = e.verb;
             break;
         }
@@ -119,7 +105,7 @@ Command parse_command(std::string_view line) {
         // RFC 5321 §4.1.1.2/3: "MAIL FROM:" / "RCPT TO:", no space before the colon. A space
         // after the colon is tolerated (common and harmless), nothing else is.
         std::string_view prefix = cmd.verb == Verb::mail ? "FROM:" : "TO:";
-        if (rest.size() < prefix.size() || !iequals(rest.substr(0, prefix.size()), prefix)) {
+        if (rest.size() < prefix.size() || !ascii::iequals(rest.substr(0, prefix.size()), prefix)) {
             cmd.syntax_ok = false;
             return cmd;
         }
@@ -157,7 +143,7 @@ bool parse_params(std::string_view text, std::vector<Param>& out) {
             if (!keyword_char(kw[i], i == 0)) {
                 return false;
             }
-            p.keyword.push_back(upper(kw[i]));
+            p.keyword.push_back(ascii::to_upper(kw[i]));
         }
         if (eq != std::string_view::npos) {
             std::string_view v = item.substr(eq + 1);

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "common/ascii.hpp"
 #include "common/net.hpp"
 
 namespace sluice::policy {
@@ -55,20 +56,6 @@ bool is_atext(unsigned char c) {
 // qtextSMTP of RFC 5321 §4.1.2: printable ASCII and space, except '"' and '\'.
 bool is_qtext(unsigned char c) {
     return c >= 32 && c <= 126 && c != '"' && c != '\\';
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) {
-        return false;
-    }
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        auto x = static_cast<unsigned char>(a[i]);
-        auto y = static_cast<unsigned char>(b[i]);
-        if (x != y && !(is_alpha(x) && (x | 0x20) == (y | 0x20))) {
-            return false;
-        }
-    }
-    return true;
 }
 
 // Length of the UTF-8 sequence at s[i] (whose lead byte is >= 0x80), or 0 when it is not
@@ -393,7 +380,7 @@ bool PathParser::address_literal(std::string& out) {
         return fail(PathError::syntax);
     }
     std::string_view inner = text_.substr(pos_ + 1, close - pos_ - 1);
-    if (inner.size() > 5 && iequals(inner.substr(0, 5), "IPv6:")) {
+    if (inner.size() > 5 && ascii::iequals(inner.substr(0, 5), "IPv6:")) {
         std::string_view v6 = inner.substr(5);
         for (char ch : v6) {
             auto c = static_cast<unsigned char>(ch);
@@ -489,7 +476,7 @@ ParsedPath PathParser::run(bool reverse_path) {
     // RCPT TO:<Postmaster> (RFC 5321 §4.1.1.3), case-insensitive, no route, no domain.
     constexpr std::string_view postmaster = "Postmaster";
     if (!reverse_path && !a.had_source_route &&
-        iequals(text_.substr(pos_, postmaster.size()), postmaster) &&
+        ascii::iequals(text_.substr(pos_, postmaster.size()), postmaster) &&
         pos_ + postmaster.size() < text_.size() && text_[pos_ + postmaster.size()] == '>') {
         a.local = std::string(postmaster);
         a.postmaster_only = true;

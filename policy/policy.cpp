@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <optional>
 
+#include "common/ascii.hpp"
+
 namespace sluice::policy {
 namespace {
 
@@ -34,31 +36,17 @@ Decision lookup_failed(MapId map, const Lookup& l, std::string_view key, bool at
                 "map " + name + " unavailable looking up " + std::string(key) + " (fail closed)");
 }
 
-bool has_upper(std::string_view s) {
-    return std::any_of(s.begin(), s.end(), [](char c) { return c >= 'A' && c <= 'Z'; });
-}
-
-std::string lower_ascii(std::string_view s) {
-    std::string out(s);
-    for (char& c : out) {
-        if (c >= 'A' && c <= 'Z') {
-            c = static_cast<char>(c - 'A' + 'a');
-        }
-    }
-    return out;
-}
-
 // Looks up "prefix local@domain", then (when it differs) the same with the local part in
 // lower case. Returns the first found or unavailable answer, else missing.
 Lookup find_address(const Maps& maps, MapId map, std::string_view prefix, const Address& a) {
     std::string key(prefix);
     key += a.str();
     Lookup l = maps.find(map, key);
-    if (l.status != Lookup::Status::missing || !has_upper(a.local)) {
+    if (l.status != Lookup::Status::missing || !ascii::has_upper(a.local)) {
         return l;
     }
     key.resize(prefix.size());
-    key += lower_ascii(a.local);
+    key += ascii::lower(a.local);
     key.push_back('@');
     key += a.domain;
     return maps.find(map, key);

@@ -9,6 +9,8 @@
 #include <map>
 #include <sstream>
 
+#include "common/ascii.hpp"
+
 namespace sluice::storage {
 
 namespace {
@@ -20,30 +22,6 @@ constexpr std::array<std::string_view, static_cast<std::size_t>(MapId::count_)> 
 
 bool is_blank(char c) {
     return c == ' ' || c == '\t';
-}
-
-char lower_ascii(char c) {
-    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-std::string lower(std::string_view s) {
-    std::string out(s);
-    for (auto& c : out) {
-        c = lower_ascii(c);
-    }
-    return out;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) {
-        return false;
-    }
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        if (lower_ascii(a[i]) != lower_ascii(b[i])) {
-            return false;
-        }
-    }
-    return true;
 }
 
 std::string quote(std::string_view s) {
@@ -173,7 +151,7 @@ bool map_has_string_keys(MapId id) {
 }
 
 std::optional<std::string> normalise_domain(std::string_view domain, std::string& error) {
-    std::string d = lower(domain);
+    std::string d = ascii::lower(domain);
     if (!d.empty() && d.back() == '.') {
         d.pop_back();
     }
@@ -299,19 +277,19 @@ std::optional<std::string> access_value(std::string_view value, std::string& err
     while (!text.empty() && is_blank(text.front())) {
         text.remove_prefix(1);
     }
-    if (iequals(word, "OK")) {
+    if (ascii::iequals(word, "OK")) {
         if (!text.empty()) {
             error = "OK takes no text";
             return std::nullopt;
         }
         return std::string("OK");
     }
-    if (iequals(word, "REJECT") || iequals(word, "DEFER")) {
+    if (ascii::iequals(word, "REJECT") || ascii::iequals(word, "DEFER")) {
         if (text.size() > limits::kReplyText) {
             error = "reply text longer than 400 octets";
             return std::nullopt;
         }
-        std::string out = iequals(word, "REJECT") ? "REJECT" : "DEFER";
+        std::string out = ascii::iequals(word, "REJECT") ? "REJECT" : "DEFER";
         if (!text.empty()) {
             out += " ";
             out += text;
@@ -330,7 +308,7 @@ EntryCheck access_entry(std::string_view key, std::string_view value) {
     std::string kerr;
     std::string k;
     std::optional<Cidr> cidr;
-    if (key.size() > 5 && iequals(key.substr(0, 5), "rcpt:")) {
+    if (key.size() > 5 && ascii::iequals(key.substr(0, 5), "rcpt:")) {
         auto rest = key.substr(5);
         if (!rest.empty() && rest.front() == '@') {
             auto d = normalise_domain(rest.substr(1), kerr);
@@ -434,7 +412,7 @@ EntryCheck normalise_entry(MapId map, std::string_view key, std::string_view val
             if (!c) {
                 return key_error(err);
             }
-            std::string v = lower(value);
+            std::string v = ascii::lower(value);
             if (v != "allow" && v != "deny") {
                 return value_error(value.empty()
                                        ? "missing value (allow or deny)"

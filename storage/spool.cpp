@@ -20,6 +20,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "common/ascii.hpp"
 #include "common/fd.hpp"
 #include "common/log.hpp"
 
@@ -83,13 +84,6 @@ bool all_zero(int fd, std::uint64_t from, std::uint64_t to) {
 
 CommitStatus status_of(int err) {
     return (err == ENOSPC || err == EDQUOT) ? CommitStatus::no_space : CommitStatus::io_error;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-               return std::tolower(static_cast<unsigned char>(x)) ==
-                      std::tolower(static_cast<unsigned char>(y));
-           });
 }
 
 std::string_view domain_of(std::string_view addr) {
@@ -1856,8 +1850,8 @@ std::vector<std::size_t> QueueFilter::select(const QueueEntry& e, SysTime now) c
     if (sender) {
         const std::string& s = *sender;
         bool match = s == "<>"                     ? e.sender.empty()
-                     : s.size() > 1 && s[0] == '@' ? iequals(domain_of(e.sender), s.substr(1))
-                                                   : iequals(e.sender, s);
+                     : s.size() > 1 && s[0] == '@' ? ascii::iequals(domain_of(e.sender), s.substr(1))
+                                                   : ascii::iequals(e.sender, s);
         if (!match) {
             return out;
         }
@@ -1879,10 +1873,10 @@ std::vector<std::size_t> QueueFilter::select(const QueueEntry& e, SysTime now) c
         if (is_final(r.state)) {
             continue;
         }
-        if (rcpt_domain && !iequals(domain_of(r.rcpt.address), *rcpt_domain)) {
+        if (rcpt_domain && !ascii::iequals(domain_of(r.rcpt.address), *rcpt_domain)) {
             continue;
         }
-        if (code && !iequals(r.rcpt.code, *code)) {
+        if (code && !ascii::iequals(r.rcpt.code, *code)) {
             continue;
         }
         out.push_back(i);

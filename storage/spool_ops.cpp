@@ -2,6 +2,7 @@
 
 #include <ctime>
 
+#include "common/ascii.hpp"
 #include "common/json.hpp"
 #include "common/units.hpp"
 
@@ -42,16 +43,6 @@ std::string json_str(std::string_view s) {
     return o;
 }
 
-// Addresses and facts are canonical, but a HELO or a reason may hold anything a peer sent.
-std::string printable(std::string_view s) {
-    std::string o;
-    for (char c : s) {
-        auto u = static_cast<unsigned char>(c);
-        o.push_back(u < 0x20 || u == 0x7f ? '?' : c);
-    }
-    return o;
-}
-
 std::string transport_text(const Transport& t) {
     if (!t.text.empty()) {
         return t.text;
@@ -89,7 +80,7 @@ std::string format_utc(SysTime t) {
 std::string format_entry_text(const QueueEntry& e) {
     std::string o = e.id + "  " + std::to_string(e.size) + "B  " + format_utc(e.received_at) +
                     (e.held ? "  HELD" : "") + "  from " + angle(e.sender) + "  client " +
-                    e.client + (e.auth_user.empty() ? "" : "  auth " + printable(e.auth_user)) +
+                    e.client + (e.auth_user.empty() ? "" : "  auth " + ascii::printable(e.auth_user)) +
                     "\n";
     for (const auto& r : e.recipients) {
         o += "    " + angle(r.rcpt.address) + "  " + std::string(to_string(r.state)) + "  " +
@@ -99,7 +90,7 @@ std::string format_entry_text(const QueueEntry& e) {
                 "  attempts=" + std::to_string(r.attempts) + "  next=" + format_utc(r.next_attempt);
         }
         if (!r.reason.empty()) {
-            o += "  (" + printable(r.reason) + ")";
+            o += "  (" + ascii::printable(r.reason) + ")";
         }
         o += "\n";
     }
@@ -258,7 +249,7 @@ QueueOutput run_queue_command(Spool& spool, const QueueCommand& c) {
                 obj.pop_back();  // the closing brace: append the content
                 o.out = obj + ",\"data\":" + json_str((*m)->data) + "}\n";
             } else {
-                o.out = format_entry_text(*e) + "helo " + printable(e->helo) + "  listener " +
+                o.out = format_entry_text(*e) + "helo " + ascii::printable(e->helo) + "  listener " +
                         e->listener + "\n\n" + (*m)->data;
             }
             return o;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "common/ascii.hpp"
 #include "common/json.hpp"
 #include "policy/codes.hpp"
 
@@ -88,19 +89,6 @@ unsigned days_in_month(int y, unsigned m) {
     static constexpr unsigned kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     return m == 2 && leap ? 29 : kDays[m - 1];
-}
-
-// Log text goes to a terminal: control bytes (from peer-supplied values decoded from
-// \xHH escapes) become '?'.
-std::string printable(std::string_view s) {
-    std::string out(s);
-    for (char& c : out) {
-        auto u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u == 0x7f) {
-            c = '?';
-        }
-    }
-    return out;
 }
 
 // The client field may carry an address literal form: "[192.0.2.1]", "[IPv6:2001:db8::1]".
@@ -862,7 +850,7 @@ std::vector<std::string> Analyzer::warnings() const {
     double median = user_median();
     for (const auto& u : users()) {
         if (u.unusual) {
-            out.push_back("G108: user \"" + printable(u.entry.key) + "\" relayed " +
+            out.push_back("G108: user \"" + ascii::printable(u.entry.key) + "\" relayed " +
                           number(u.entry.count) + " recipient(s), more than " +
                           format_double(opts_.user_factor) + "x the median per user (" +
                           format_double(median) + "): check the account is not compromised");
@@ -878,13 +866,13 @@ void text_table(std::string& out, std::string_view title, const TopTable& t, std
     auto rows = t.top(top);
     std::size_t w = title.size();
     for (const auto& e : rows) {
-        w = std::max(w, std::min<std::size_t>(printable(e.key).size(), 60));
+        w = std::max(w, std::min<std::size_t>(ascii::printable(e.key).size(), 60));
     }
     out += "  " + pad_right(std::string(title), w) + "  " + pad_left("COUNT", 9) +
            "  FIRST                     LAST\n";
     std::uint64_t shown = 0;
     for (const auto& e : rows) {
-        std::string key = printable(e.key);
+        std::string key = ascii::printable(e.key);
         if (key.size() > 60) {
             key = key.substr(0, 57) + "...";
         }
@@ -966,7 +954,7 @@ std::string Analyzer::format_text() const {
             out += "  (none)\n";
         }
         for (const auto& e : rows) {
-            out += "  " + pad_right(printable(e.key), 6) + pad_left(number(e.count), 10) + "  " +
+            out += "  " + pad_right(ascii::printable(e.key), 6) + pad_left(number(e.count), 10) + "  " +
                    std::string(policy::code_meaning(e.key)) + "\n";
         }
     }
@@ -1004,7 +992,7 @@ std::string Analyzer::format_text() const {
                "  FIRST                     LAST\n";
         for (std::size_t i = 0; i < all.size() && i < opts_.top; ++i) {
             const auto& e = all[i].entry;
-            out += "  " + pad_right(printable(e.key), w) + "  " + pad_left(number(e.count), 9) +
+            out += "  " + pad_right(ascii::printable(e.key), w) + "  " + pad_left(number(e.count), 9) +
                    "  " + format_timestamp(e.first) + "  " + format_timestamp(e.last) +
                    (all[i].unusual ? "  UNUSUAL" : "") + "\n";
         }
@@ -1020,7 +1008,7 @@ std::string Analyzer::format_text() const {
         text_table(out, "by client", refused_by_client_, opts_.top, "refusals");
     }
     for (const auto& m : read_error_messages_) {
-        out += "\nread error: " + printable(m);
+        out += "\nread error: " + ascii::printable(m);
     }
     if (!read_error_messages_.empty()) {
         out += "\n";

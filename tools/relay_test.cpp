@@ -16,31 +16,13 @@
 #include <cstring>
 #include <thread>
 
+#include "common/ascii.hpp"
 #include "common/json.hpp"
 
 namespace sluice::ctl::relay {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-char lower(char c) {
-    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-char upper(char c) {
-    return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c;
-}
-
-std::string to_lower(std::string_view s) {
-    std::string out(s);
-    std::transform(out.begin(), out.end(), out.begin(), lower);
-    return out;
-}
-
-std::string to_upper(std::string_view s) {
-    std::string out(s);
-    std::transform(out.begin(), out.end(), out.begin(), upper);
-    return out;
-}
 
 bool is_digit(char c) {
     return c >= '0' && c <= '9';
@@ -61,7 +43,7 @@ bool looks_like_domain(std::string_view s) {
             label = 0;
             continue;
         }
-        bool ok = is_digit(c) || (lower(c) >= 'a' && lower(c) <= 'z') || c == '-' || c == '_';
+        bool ok = is_digit(c) || (ascii::to_lower(c) >= 'a' && ascii::to_lower(c) <= 'z') || c == '-' || c == '_';
         if (!ok || ++label > 63) {
             return false;
         }
@@ -72,11 +54,7 @@ bool looks_like_domain(std::string_view s) {
 // Server text goes to a terminal: a hostile server must not be able to send escape
 // sequences through us. Control and non-ASCII bytes become '?'.
 std::string printable(std::string_view s, std::size_t max = std::string::npos) {
-    std::string out;
-    out.reserve(std::min(s.size(), max));
-    for (unsigned char c : s) {
-        out.push_back((c < 0x20 || c >= 0x7f) ? '?' : static_cast<char>(c));
-    }
+    std::string out = ascii::printable_ascii(s);
     if (out.size() > max && max >= 3) {
         out.resize(max - 3);
         out += "...";
@@ -271,7 +249,7 @@ std::string hostname_from_reply(const ServerReply& reply) {
 }
 
 std::string guess_local_domain(std::string_view hostname) {
-    std::string d = to_lower(hostname);
+    std::string d = ascii::lower(hostname);
     if (!d.empty() && d.back() == '.') {
         d.pop_back();
     }
@@ -340,7 +318,7 @@ std::vector<IpSpelling> ip_literal_spellings(const IpAddr& ip) {
         // The tag is "IPv6" (RFC 5321 §4.1.3); a parser comparing it case-sensitively may
         // take another path for "ipv6:".
         out.push_back({"ipv6-lower-tag", "ipv6:" + format_ip(ip)});
-        out.push_back({"ipv6-upper-hex", "IPv6:" + to_upper(format_ip(ip))});
+        out.push_back({"ipv6-upper-hex", "IPv6:" + ascii::upper(format_ip(ip))});
         static constexpr std::uint8_t loopback[16] = {0, 0, 0, 0, 0, 0, 0, 0,
                                                       0, 0, 0, 0, 0, 0, 0, 1};
         if (std::memcmp(b.data(), loopback, 16) == 0) {
@@ -362,7 +340,7 @@ std::vector<Probe> build_catalogue(const ProbeContext& ctx) {
     const std::string fake_sender = "<sluice-relay-probe-nobody@" + dom + ">";
     const std::string own_literal = address_literal(ctx.server_ip);
     const std::string pct = ou + "%" + od;  // "user%outside"
-    const bool have_srv = !srv.empty() && to_lower(srv) != dom;
+    const bool have_srv = !srv.empty() && ascii::lower(srv) != dom;
 
     auto add = [&](std::string name, std::string category, std::string description,
                    std::string mail, std::string rcpt, std::string helo = {}) {
@@ -450,11 +428,11 @@ std::vector<Probe> build_catalogue(const ProbeContext& ctx) {
         "<" + ou + "@[IPv6:" + std::string(defaults::kOutsideIpv6) + "]>");
 
     // Case and trailing-dot games, and domain-suffix confusion.
-    add("outside-upper-case", "case", "user@OUTSIDE", sender, "<" + ou + "@" + to_upper(od) + ">");
+    add("outside-upper-case", "case", "user@OUTSIDE", sender, "<" + ou + "@" + ascii::upper(od) + ">");
     add("outside-trailing-dot", "case", "user@OUTSIDE. (absolute name)", sender,
-        "<" + ou + "@" + to_upper(od) + ".>");
+        "<" + ou + "@" + ascii::upper(od) + ".>");
     add("percent-hack-local-upper-case", "case", "user%outside@LOCAL-DOMAIN", sender,
-        "<" + pct + "@" + to_upper(dom) + ">");
+        "<" + pct + "@" + ascii::upper(dom) + ">");
     add("percent-hack-local-trailing-dot", "case", "user%outside@local-domain.", sender,
         "<" + pct + "@" + dom + ".>");
     add("local-domain-as-prefix", "case", "user@local-domain.outside (starts with a local domain)",
@@ -819,7 +797,7 @@ bool Runner::start() {
     current_helo_ = report_.helo;
     if (report_.esmtp) {
         for (std::size_t i = 1; i < hi.reply.lines.size(); ++i) {
-            std::string kw = to_upper(hi.reply.lines[i].substr(0, hi.reply.lines[i].find(' ')));
+            std::string kw = ascii::upper(hi.reply.lines[i].substr(0, hi.reply.lines[i].find(' ')));
             report_.starttls_offered |= kw == "STARTTLS";
         }
     }
