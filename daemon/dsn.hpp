@@ -28,6 +28,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/date.hpp"
+
 namespace sluice::dsn {
 
 using TimePoint = std::chrono::system_clock::time_point;
@@ -78,8 +80,8 @@ bool should_bounce(std::string_view sender);
 // empty line (all of it if there is none).
 std::string_view header_block(std::string_view message);
 
-// "Thu, 13 Feb 1969 23:32:54 +0000" (RFC 5322 §3.3), always UTC.
-std::string rfc5322_date(TimePoint t);
+// "Thu, 13 Feb 1969 23:32:54 +0000" (RFC 5322 §3.3), always UTC: common/date.hpp.
+using sluice::rfc5322_date;
 
 // The whole DSN message, CRLF, ready to be queued with MAIL FROM:<> and RCPT TO:<sender>.
 // Returns "" when there is nothing to report (no recipients, or should_bounce(sender) is

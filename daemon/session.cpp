@@ -7,6 +7,7 @@
 #include <ctime>
 
 #include "common/ascii.hpp"
+#include "common/date.hpp"
 #include "common/log.hpp"
 
 namespace sluice::smtp {
@@ -34,15 +35,6 @@ bool valid_helo(std::string_view s) {
     return std::all_of(s.begin(), s.end(), [](char c) {
         return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_';
     });
-}
-
-std::string rfc5322_date() {
-    std::time_t t = std::time(nullptr);
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    char buf[64];
-    std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-    return buf;
 }
 
 // Counts Received: fields in the header section (RFC 5321 §6.3 loop detection).
@@ -612,7 +604,7 @@ std::string Session::received_header() const {
     if (tx_.recipients.size() == 1) {
         h += "\r\n\tfor <" + tx_.recipients.front().address + ">";
     }
-    h += "; " + rfc5322_date() + "\r\n";
+    h += "; " + rfc5322_date(std::chrono::system_clock::now()) + "\r\n";
     return h;
 }
 
