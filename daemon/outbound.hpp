@@ -1,7 +1,6 @@
 #pragma once
 // Forwarding for one shard (docs/architecture.md, steps 7 to 10): takes messages that the
-// spool made durable (just
-// received, recovered at start, or due for a retry), groups their recipients by route,
+// spool made durable (just received, recovered at start, or due for a retry), groups their recipients by route,
 // and delivers them over outbound SMTP connections on the shard's own loop (the pure
 // client state machine of daemon/smtp_client.hpp) or into `maildir:` routes. Every
 // per-recipient outcome goes back to the spool: delivered, deferred with the next attempt

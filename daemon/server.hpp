@@ -1,8 +1,7 @@
 #pragma once
 // The daemon's main thread: loads the config, makes the listener sockets (one per shard
-// per listener, SO_REUSEPORT: the kernel spreads connections), starts the shards, and serves
-// signals: SIGTERM
-// and SIGINT drain and stop, SIGHUP reloads. Configuration generations are immutable
+// per listener, SO_REUSEPORT: the kernel spreads connections), starts the shards, and
+// serves signals: SIGTERM and SIGINT drain and stop, SIGHUP reloads. Configuration generations are immutable
 // snapshots handed to every shard at a safe point.
 //
 // It also runs the control socket (daemon/control.hpp: sluicectl reload, status, stats,
