@@ -20,7 +20,6 @@ def main(argv):
     docs = root / "docs"
     missing = []
 
-    logs = (docs / "logs.md").read_text(encoding="utf-8")
     events = set()
     for p, text in sources(root, ["common", "policy", "storage", "daemon"]):
         # LogLine(LEVEL, "event", ...) and LogLine line(LEVEL, "event"), the level possibly
@@ -29,25 +28,19 @@ def main(argv):
             events.add(m.group(2))
         for m in re.finditer(r'log_decision\("(\w+)"', text):
             events.add(m.group(1))
-    for e in sorted(events):
-        if f"| `{e}` |" not in logs:
-            missing.append(f"docs/logs.md: event {e}")
+    def require(names, doc, what):
+        text = (docs / doc).read_text(encoding="utf-8")
+        for name in sorted(set(names)):
+            if f"| `{name}` |" not in text:
+                missing.append(f"docs/{doc}: {what} {name}")
 
-    metrics = (docs / "metrics.md").read_text(encoding="utf-8")
-    stats = (root / "daemon" / "stats.cpp").read_text(encoding="utf-8")
-    for name in re.findall(r'family\("(\w+)"', stats):
-        if f"| `{name}` |" not in metrics:
-            missing.append(f"docs/metrics.md: family {name}")
-    rows = (root / "daemon" / "metrics.hpp").read_text(encoding="utf-8")
-    for value in re.findall(r'\{"(\w+)", "', rows):
-        if f"| `{value}` |" not in metrics:
-            missing.append(f"docs/metrics.md: result {value}")
+    def read(path):
+        return (root / path).read_text(encoding="utf-8")
 
-    decisions = (docs / "decision-codes.md").read_text(encoding="utf-8")
-    codes = (root / "policy" / "codes.hpp").read_text(encoding="utf-8")
-    for code in re.findall(r'\{Code::(\w+),', codes):
-        if f"| `{code}` |" not in decisions:
-            missing.append(f"docs/decision-codes.md: code {code}")
+    require(events, "logs.md", "event")
+    require(re.findall(r'family\("(\w+)"', read("daemon/stats.cpp")), "metrics.md", "family")
+    require(re.findall(r'\{"(\w+)", "', read("daemon/metrics.hpp")), "metrics.md", "result")
+    require(re.findall(r'\{Code::(\w+),', read("policy/codes.hpp")), "decision-codes.md", "code")
 
     for m in missing:
         print("missing from " + m)
