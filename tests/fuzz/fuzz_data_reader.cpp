@@ -5,20 +5,19 @@
 #include <string>
 
 #include "daemon/data_reader.hpp"
+#include "tests/fuzz/fragments.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     using namespace sluice::smtp;
-    if (size == 0) {
+    auto fragments = sluice::fuzz::Fragments::of(data, size);
+    if (!fragments) {
         return 0;
     }
-    std::size_t step = 1 + data[0] % 64;
-    std::string_view input(reinterpret_cast<const char*>(data + 1), size - 1);
     constexpr std::size_t kCap = 4096;
     DataReader r(kCap);
     std::string out;
     std::string seen = "\r\n";  // DATA's own CRLF precedes the content
-    for (std::size_t pos = 0; pos < input.size(); pos += step) {
-        auto chunk = input.substr(pos, step);
+    for (std::string_view chunk : *fragments) {
         auto res = r.feed(chunk, out);
         seen.append(chunk.substr(0, res.consumed));
         if (res.status == DataReader::Status::done) {

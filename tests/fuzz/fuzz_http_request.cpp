@@ -7,6 +7,7 @@
 #include <string>
 
 #include "daemon/http.hpp"
+#include "tests/fuzz/fragments.hpp"
 
 namespace {
 
@@ -33,17 +34,15 @@ bool same(const RequestParser& a, const RequestParser& b) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     using namespace sluice::http;
-    if (size == 0) {
+    auto fragments = sluice::fuzz::Fragments::of(data, size);
+    if (!fragments) {
         return 0;
     }
-    std::size_t step = 1 + data[0] % 64;
-    std::string_view input(reinterpret_cast<const char*>(data + 1), size - 1);
-
     RequestParser whole;
-    whole.feed(input);
+    whole.feed(fragments->input());
     RequestParser pieces;
-    for (std::size_t pos = 0; pos < input.size(); pos += step) {
-        pieces.feed(input.substr(pos, step));
+    for (std::string_view piece : *fragments) {
+        pieces.feed(piece);
     }
     if (!same(whole, pieces)) {
         std::abort();

@@ -7,20 +7,19 @@
 #include <vector>
 
 #include "daemon/smtp_parser.hpp"
+#include "tests/fuzz/fragments.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     using namespace sluice::smtp;
-    if (size == 0) {
+    auto fragments = sluice::fuzz::Fragments::of(data, size);
+    if (!fragments) {
         return 0;
     }
-    // The first byte picks the fragment size, like a socket delivering pieces.
-    std::size_t step = 1 + data[0] % 64;
-    std::string_view input(reinterpret_cast<const char*>(data + 1), size - 1);
     LineScanner sc;
     std::string pending;
     std::vector<Param> params;
-    for (std::size_t pos = 0; pos < input.size(); pos += step) {
-        pending.append(input.substr(pos, step));
+    for (std::string_view piece : *fragments) {
+        pending.append(piece);
         while (true) {
             auto r = sc.next(pending);
             if (r.consumed > pending.size()) {
