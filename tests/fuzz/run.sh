@@ -19,6 +19,9 @@ declare -A sources=(
   [sasl]="daemon/sasl.cpp common/reply.cpp"
   [proxy_header]="daemon/proxy/proxy_header.cpp common/net.cpp"
 )
+# Inputs longer than libFuzzer's default 4096 bytes where a limit lies beyond it: the HTTP
+# header section (8 KiB: 431) and the SASL line (12286 octets: 500 5.5.2).
+declare -A max_len=([http_request]=16384 [sasl]=16384)
 targets=${FUZZ_TARGETS:-"smtp_parser data_reader smtp_client proxy_header parse_path http_request sasl"}
 for t in $targets; do
   srcs=()
@@ -31,6 +34,6 @@ for t in $targets; do
   mkdir -p "$out/corpus_$t"
   seeds=()
   [ -d "$root/tests/fuzz/seeds/$t" ] && seeds=("$root/tests/fuzz/seeds/$t")
-  "$out/fuzz_$t" -max_total_time="$secs" -print_final_stats=1 \
+  "$out/fuzz_$t" -max_total_time="$secs" -print_final_stats=1 -max_len="${max_len[$t]:-4096}" \
     -artifact_prefix="$out/crashes/$t-" "$out/corpus_$t" "${seeds[@]}"
 done
