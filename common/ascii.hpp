@@ -68,14 +68,14 @@ inline std::string upper(std::string_view s) {
     return out;
 }
 
-// For a terminal or a report: control characters (C0 and DEL) become '?', so peer-sent
-// text cannot move the cursor or forge a line; UTF-8 passes.
-inline std::string printable(std::string_view s) {
+// For a terminal, a report or a log: control characters (C0 and DEL) become `mask`, so
+// peer-sent text cannot move the cursor or forge a line; UTF-8 passes.
+inline std::string printable(std::string_view s, char mask = '?') {
     std::string out(s);
     for (char& c : out) {
         auto u = static_cast<unsigned char>(c);
         if (u < 0x20 || u == 0x7f) {
-            c = '?';
+            c = mask;
         }
     }
     return out;

@@ -49,14 +49,7 @@ std::size_t enhanced_length(std::string_view text, int code) {
 
 // Reply texts end up in logs and DSNs: control characters become spaces.
 std::string clean_text(std::string_view s) {
-    std::string out(s);
-    for (char& c : out) {
-        auto u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u == 0x7f) {
-            c = ' ';
-        }
-    }
-    return out;
+    return ascii::printable(s, ' ');
 }
 
 bool has_control(std::string_view s) {

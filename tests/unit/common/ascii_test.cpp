@@ -31,6 +31,7 @@ TEST(Ascii, EveryByteFoldsLikeTheCLocale) {
 TEST(Ascii, PrintableMasksControlCharacters) {
     EXPECT_EQ(ascii::printable("a\tb\r\n\x1b[2J\x7f" "c"), "a?b???[2J?c");
     EXPECT_EQ(ascii::printable("j\xc3\xbcrgen"), "j\xc3\xbcrgen");  // UTF-8 passes
+    EXPECT_EQ(ascii::printable("250 ok\r\x01x", ' '), "250 ok  x");
     EXPECT_EQ(ascii::printable_ascii("j\xc3\xbcrgen\x01"), "j??rgen?");
     EXPECT_EQ(ascii::printable_ascii("plain text ~"), "plain text ~");
 }
