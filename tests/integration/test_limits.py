@@ -1,4 +1,4 @@
-"""Clients that hold a slot without doing anything (issue 13, items 4-6): an SMTP client
+"""Clients that hold a slot without doing anything: an SMTP client
 sending NOOPs, slow HTTP clients of an unprivileged local user on the stats endpoint, idle
 connections to the control socket. Each must be closed or pushed aside while the real
 work (mail, the health probe, the operator's sluicectl) goes through."""
