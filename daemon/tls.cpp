@@ -12,7 +12,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <list>
 #include <mutex>
+#include <unordered_map>
+#include <vector>
 
 namespace sluice::tls {
 
@@ -132,6 +135,18 @@ std::shared_ptr<TicketKeys> process_ticket_keys(std::string& error) {
     return keys;
 }
 
+std::shared_ptr<SessionCache> process_session_cache() {
+    static std::mutex mutex;
+    static std::weak_ptr<SessionCache> current;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto cache = current.lock()) {
+        return cache;
+    }
+    auto cache = std::make_shared<SessionCache>(kSessionCacheEntries, kSessionCacheLifetime);
+    current = cache;
+    return cache;
+}
+
 std::string x509_time(const mbedtls_x509_time& t) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02dZ", t.year, t.mon, t.day, t.hour,
@@ -163,6 +178,7 @@ void apply_common(mbedtls_ssl_config& conf) {
 
 struct TlsServerConfig::Impl {
     std::shared_ptr<TicketKeys> tickets;
+    std::shared_ptr<SessionCache> sessions;
     mbedtls_x509_crt chain;
     mbedtls_pk_context key;
     mbedtls_ssl_config conf;
@@ -174,7 +190,7 @@ struct TlsServerConfig::Impl {
         mbedtls_ssl_config_init(&conf);
     }
     ~Impl() {
-        mbedtls_ssl_config_free(&conf);  // refers to chain, key and tickets
+        mbedtls_ssl_config_free(&conf);  // refers to chain, key, tickets and sessions
         mbedtls_pk_free(&key);
         mbedtls_x509_crt_free(&chain);
     }
@@ -284,6 +300,9 @@ std::shared_ptr<const TlsServerConfig> TlsServerConfig::load(const std::string& 
     }
     mbedtls_ssl_conf_session_tickets_cb(&m.conf, mbedtls_ssl_ticket_write, parse_ticket,
                                         m.tickets->ctx());
+    m.sessions = process_session_cache();
+    mbedtls_ssl_conf_session_cache(&m.conf, m.sessions.get(), SessionCache::get,
+                                   SessionCache::set);
     return cfg;
 }
 
@@ -473,6 +492,79 @@ int parse_ticket(void* p_ticket, mbedtls_ssl_session* session, unsigned char* bu
 }
 
 }  // namespace
+
+int SessionCache::set(void* p, const mbedtls_ssl_session* session) {
+    auto* self = static_cast<SessionCache*>(p);
+    if (session->id_len == 0 || self->max_entries_ == 0) {
+        return 0;
+    }
+    std::size_t len = 0;
+    int r = mbedtls_ssl_session_save(session, nullptr, 0, &len);
+    if (r != MBEDTLS_ERR_SSL_BUFFER_TOO_SMALL) {
+        return r;
+    }
+    std::vector<unsigned char> blob(len);
+    if (r = mbedtls_ssl_session_save(session, blob.data(), blob.size(), &len); r != 0) {
+        return r;
+    }
+    std::string id(reinterpret_cast<const char*>(session->id), session->id_len);
+    std::lock_guard<std::mutex> lock(self->mutex_);
+    if (auto it = self->map_.find(id); it != self->map_.end()) {
+        self->lru_.erase(it->second.lru);
+        self->map_.erase(it);
+    }
+    while (self->map_.size() >= self->max_entries_) {
+        self->map_.erase(self->lru_.back());
+        self->lru_.pop_back();
+    }
+    self->lru_.push_front(id);
+    self->map_.emplace(std::move(id),
+                       Entry{std::move(blob), Clock::now() + self->lifetime_, self->lru_.begin()});
+    return 0;
+}
+
+std::size_t SessionCache::size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return map_.size();
+}
+
+int SessionCache::get(void* p, mbedtls_ssl_session* session) {
+    auto* self = static_cast<SessionCache*>(p);
+    if (session->id_len == 0) {
+        return 1;
+    }
+    std::string id(reinterpret_cast<const char*>(session->id), session->id_len);
+    std::vector<unsigned char> blob;
+    {
+        std::lock_guard<std::mutex> lock(self->mutex_);
+        auto it = self->map_.find(id);
+        if (it == self->map_.end()) {
+            return 1;
+        }
+        if (Clock::now() >= it->second.expires) {
+            self->lru_.erase(it->second.lru);
+            self->map_.erase(it);
+            return 1;
+        }
+        self->lru_.splice(self->lru_.begin(), self->lru_, it->second.lru);
+        blob = it->second.blob;
+    }
+    // mbedtls_ssl_session_load wants a session with nothing allocated: `session` holds
+    // only the ID here (ssl_check_id_based_session_resumption in ssl_srv.c).
+    if (mbedtls_ssl_session_load(session, blob.data(), blob.size()) != 0) {
+        return 1;
+    }
+    // mbedTLS resumes only when the cached suite and compression are the ones negotiated
+    // for this ClientHello; note the resumption under exactly that condition.
+    if (t_driving != nullptr) {
+        const mbedtls_ssl_session* negotiating = t_driving->ssl.session_negotiate;
+        if (negotiating != nullptr && negotiating->ciphersuite == session->ciphersuite &&
+            negotiating->compression == session->compression) {
+            t_driving->resumed = true;
+        }
+    }
+    return 0;
+}
 
 TlsChannel::TlsChannel() : impl_(std::make_unique<Impl>()) {}
 TlsChannel::~TlsChannel() = default;

@@ -20,6 +20,12 @@
 //   kTicketLifetime after the full handshake that issued it; the ticket keys (AES-256-GCM,
 //   random, never written anywhere) rotate as often. mbedTLS locks the context itself
 //   (Debian builds it with MBEDTLS_THREADING_PTHREAD).
+// - Clients that do not do tickets get a session ID (RFC 5246 §7.4.1.2; mbedTLS gives one
+//   only when it issues no ticket) and resume from ONE process-wide session cache, shared
+//   by all shards and certificate reloads like the ticket keys: at most
+//   kSessionCacheEntries sessions (the least recently used one goes first), each resuming
+//   for kSessionCacheLifetime after its full handshake. A lookup or an insert holds the
+//   cache's mutex for a hash-map operation and a copy of ~150 bytes, nothing more.
 // - Random numbers come from one CTR-DRBG per thread (seeded from the OS), so shards never
 //   contend on a lock for them.
 // - A stream allocates mbedTLS's ~37 KB only when constructed: create it when a session
@@ -36,14 +42,61 @@
 // sent before is the caller's to discard (RFC 3207 §4.2, CVE-2011-0411).
 
 #include <chrono>
+#include <cstddef>
+#include <list>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <vector>
+
+struct mbedtls_ssl_session;
 
 namespace sluice::tls {
 
 // How long a session ticket resumes, and how often the ticket keys change.
 inline constexpr std::chrono::seconds kTicketLifetime{12 * 3600};
+// The session-ID cache: ~300 bytes an entry (about 3 MB when full); an hour, as senders'
+// own caches keep a session (Postfix's smtp_tls_session_cache_timeout defaults to 3600s).
+inline constexpr std::size_t kSessionCacheEntries = 10000;
+inline constexpr std::chrono::seconds kSessionCacheLifetime{3600};
+
+// The session-ID cache behind every TlsServerConfig (one per process, see above); public
+// for its tests. Entries are mbedtls_ssl_session_save blobs: no pointers, so a lookup
+// copies one out and the lock is not held while mbedTLS uses the session. A map for the
+// lookup, a list for least-recently-used eviction. Thread-safe.
+class SessionCache {
+  public:
+    using Clock = std::chrono::steady_clock;
+
+    SessionCache(std::size_t max_entries, Clock::duration lifetime)
+        : max_entries_(max_entries), lifetime_(lifetime) {}
+    SessionCache(const SessionCache&) = delete;
+    SessionCache& operator=(const SessionCache&) = delete;
+
+    // mbedTLS's f_set_cache: called after a full handshake that gave out a session ID.
+    static int set(void* self, const mbedtls_ssl_session* session);
+    // mbedTLS's f_get_cache: `session` carries only the client's ID; filled in on a hit
+    // (0), untouched on a miss (1). Marks the stream being driven as resumed when mbedTLS
+    // will resume with it.
+    static int get(void* self, mbedtls_ssl_session* session);
+
+    std::size_t size();
+
+  private:
+    struct Entry {
+        std::vector<unsigned char> blob;
+        Clock::time_point expires;
+        std::list<std::string>::iterator lru;
+    };
+
+    std::size_t max_entries_;
+    Clock::duration lifetime_;
+    std::mutex mutex_;
+    std::unordered_map<std::string, Entry> map_;
+    std::list<std::string> lru_;  // most recently used first
+};
 
 class TlsServerConfig {
   public:
@@ -117,7 +170,7 @@ class TlsChannel {
     bool handshake_done() const;
     std::string version() const;  // "TLSv1.2"; "" before the handshake is done
     std::string cipher() const;   // "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256"; ""
-    bool resumed() const;         // server: the handshake resumed a session ticket
+    bool resumed() const;         // server: the handshake resumed (ticket or session ID)
     std::string error() const;    // last error text; "" when none
 
     struct Impl;

@@ -177,6 +177,7 @@ struct RawClient {
         std::vector<int> suites;  // empty: mbedTLS defaults
         bool renegotiation = false;
         const mbedtls_ssl_session* session = nullptr;
+        bool tickets = true;  // false: offers no SessionTicket extension (RFC 5077 §3.2)
     };
     mbedtls_ssl_config conf;
     mbedtls_ssl_context ssl;
@@ -201,6 +202,8 @@ struct RawClient {
         if (o.renegotiation) {
             mbedtls_ssl_conf_renegotiation(&conf, MBEDTLS_SSL_RENEGOTIATION_ENABLED);
         }
+        mbedtls_ssl_conf_session_tickets(
+            &conf, o.tickets ? MBEDTLS_SSL_SESSION_TICKETS_ENABLED : MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
         mbedtls_ssl_setup(&ssl, &conf);
         if (o.session != nullptr) {
             EXPECT_EQ(0, mbedtls_ssl_set_session(&ssl, o.session));
@@ -705,6 +708,129 @@ TEST(TlsTickets, DataPipelinedWithTheClientFinishedArrivesWithTheHandshake) {
     EXPECT_TRUE(server.handshake_done());
     EXPECT_TRUE(server.resumed());
     EXPECT_EQ(sp, "EHLO x\r\n");
+}
+
+// --- session IDs, for clients that do not do tickets -----------------------------------
+
+// A full handshake by a client that offers no ticket extension; its session lands in `out`.
+void full_handshake_without_tickets(const std::shared_ptr<const TlsServerConfig>& cfg,
+                                    SavedSession& out, bool& resumed) {
+    TlsStream server(cfg);
+    RawClient::Options o;
+    o.tickets = false;
+    RawClient client(o);
+    Status cs = Status::want_more, ss = Status::want_more;
+    pump(client, server, 4096, cs, ss);
+    ASSERT_EQ(ss, Status::ok) << server.error();
+    ASSERT_TRUE(client.done);
+    resumed = server.resumed();
+    ASSERT_EQ(0, mbedtls_ssl_get_session(&client.ssl, &out.s));
+    EXPECT_EQ(out.s.ticket_len, 0u) << "no ticket for a client that did not ask";
+    EXPECT_EQ(out.s.id_len, 32u) << "a session ID instead";
+}
+
+// A handshake offering `saved`'s session ID and no ticket extension.
+void resume_by_id(const std::shared_ptr<const TlsServerConfig>& cfg, const SavedSession& saved,
+                  bool& resumed, std::size_t frag = 4096) {
+    TlsStream server(cfg);
+    RawClient::Options o;
+    o.tickets = false;
+    o.session = &saved.s;
+    RawClient client(o);
+    Status cs = Status::want_more, ss = Status::want_more;
+    pump(client, server, frag, cs, ss);
+    ASSERT_EQ(ss, Status::ok) << server.error();
+    ASSERT_TRUE(client.done);
+    resumed = server.resumed();
+    ASSERT_EQ(server.send("250 ok\r\n"), Status::ok);
+    std::string plain;
+    client.receive(server.outbox(), plain);
+    EXPECT_EQ(plain, "250 ok\r\n");
+}
+
+TEST(TlsSessionIds, SecondHandshakeWithTheFirstsIdResumesWithoutATicket) {
+    auto cfg = ec_config();
+    SavedSession saved;
+    bool first_resumed = true;
+    full_handshake_without_tickets(cfg, saved, first_resumed);
+    EXPECT_FALSE(first_resumed);
+    for (std::size_t frag : {1u, 7u, 4096u}) {
+        bool resumed = false;
+        resume_by_id(cfg, saved, resumed, frag);
+        EXPECT_TRUE(resumed) << "fragment size " << frag;
+    }
+}
+
+TEST(TlsSessionIds, ResumeOnAnotherThreadAndAcrossACertificateReload) {
+    auto old_cfg = ec_config();
+    SavedSession saved;
+    bool r1 = true;
+    std::thread a([&] { full_handshake_without_tickets(old_cfg, saved, r1); });
+    a.join();
+    std::string err;
+    auto new_cfg = TlsServerConfig::load(pki().ec_chain, pki().ec_key, err);  // the reload
+    ASSERT_TRUE(new_cfg) << err;
+    old_cfg.reset();
+    bool resumed = false;
+    std::thread b([&] { resume_by_id(new_cfg, saved, resumed); });
+    b.join();
+    EXPECT_TRUE(resumed) << "one session cache for the whole process, as for tickets";
+}
+
+TEST(TlsSessionIds, AnUnknownIdGetsAFullHandshake) {
+    auto cfg = ec_config();
+    SavedSession saved;
+    bool r1 = true;
+    full_handshake_without_tickets(cfg, saved, r1);
+    saved.s.id[0] ^= 0x01;  // an ID this server never issued
+    bool resumed = true;
+    resume_by_id(cfg, saved, resumed);
+    EXPECT_FALSE(resumed);
+}
+
+// A session with only `from`'s ID, as mbedTLS hands one to the cache's get.
+bool cache_has(SessionCache& cache, const SavedSession& from) {
+    SavedSession probe;
+    probe.s.id_len = from.s.id_len;
+    std::memcpy(probe.s.id, from.s.id, from.s.id_len);
+    if (SessionCache::get(&cache, &probe.s) != 0) {
+        return false;
+    }
+    EXPECT_EQ(0, std::memcmp(probe.s.master, from.s.master, sizeof probe.s.master));
+    EXPECT_EQ(probe.s.ciphersuite, from.s.ciphersuite);
+    return true;
+}
+
+TEST(TlsSessionIds, TheCacheIsBoundedLeastRecentlyUsedFirst) {
+    auto cfg = ec_config();
+    SavedSession a, b, c;
+    bool r = true;
+    full_handshake_without_tickets(cfg, a, r);
+    full_handshake_without_tickets(cfg, b, r);
+    full_handshake_without_tickets(cfg, c, r);
+    SessionCache cache(2, std::chrono::hours(1));
+    ASSERT_EQ(0, SessionCache::set(&cache, &a.s));
+    ASSERT_EQ(0, SessionCache::set(&cache, &b.s));
+    EXPECT_TRUE(cache_has(cache, a));  // a is now the most recently used
+    ASSERT_EQ(0, SessionCache::set(&cache, &c.s));
+    EXPECT_EQ(cache.size(), 2u);
+    EXPECT_TRUE(cache_has(cache, a));
+    EXPECT_FALSE(cache_has(cache, b)) << "the least recently used one went";
+    EXPECT_TRUE(cache_has(cache, c));
+    ASSERT_EQ(0, SessionCache::set(&cache, &c.s));  // the same ID again replaces it
+    EXPECT_EQ(cache.size(), 2u);
+}
+
+TEST(TlsSessionIds, AnExpiredSessionIsNotResumedAndIsDropped) {
+    auto cfg = ec_config();
+    SavedSession a;
+    bool r = true;
+    full_handshake_without_tickets(cfg, a, r);
+    SessionCache cache(10, std::chrono::seconds(0));
+    ASSERT_EQ(0, SessionCache::set(&cache, &a.s));
+    EXPECT_EQ(cache.size(), 1u);
+    EXPECT_FALSE(cache_has(cache, a));
+    EXPECT_EQ(cache.size(), 0u);
 }
 
 }  // namespace
