@@ -301,8 +301,7 @@ std::shared_ptr<const TlsServerConfig> TlsServerConfig::load(const std::string& 
     mbedtls_ssl_conf_session_tickets_cb(&m.conf, mbedtls_ssl_ticket_write, parse_ticket,
                                         m.tickets->ctx());
     m.sessions = process_session_cache();
-    mbedtls_ssl_conf_session_cache(&m.conf, m.sessions.get(), SessionCache::get,
-                                   SessionCache::set);
+    mbedtls_ssl_conf_session_cache(&m.conf, m.sessions.get(), SessionCache::get, SessionCache::set);
     return cfg;
 }
 

@@ -202,8 +202,8 @@ struct RawClient {
         if (o.renegotiation) {
             mbedtls_ssl_conf_renegotiation(&conf, MBEDTLS_SSL_RENEGOTIATION_ENABLED);
         }
-        mbedtls_ssl_conf_session_tickets(
-            &conf, o.tickets ? MBEDTLS_SSL_SESSION_TICKETS_ENABLED : MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
+        mbedtls_ssl_conf_session_tickets(&conf, o.tickets ? MBEDTLS_SSL_SESSION_TICKETS_ENABLED
+                                                          : MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
         mbedtls_ssl_setup(&ssl, &conf);
         if (o.session != nullptr) {
             EXPECT_EQ(0, mbedtls_ssl_set_session(&ssl, o.session));
