@@ -55,7 +55,8 @@ struct ListenerConfig {
 };
 
 struct Transport {
-    enum class Kind { smtp, maildir };
+    // mx: delivery by the recipient domain's MX records (daemon/dns/destination.hpp).
+    enum class Kind { smtp, maildir, mx };
     Kind kind = Kind::maildir;
     std::string host;  // smtp: IP literal or name
     std::uint16_t port = 25;
@@ -146,6 +147,19 @@ struct Config {
     struct {
         std::string socket;
     } control;
+
+    // The resolver of each shard (daemon/dns/resolver.hpp) and delivery by MX.
+    struct {
+        std::vector<std::string> servers;  // "IP", "IP:PORT", "[IPv6]:PORT"; empty: resolv.conf
+        Millis timeout;
+        std::uint32_t attempts;
+        std::uint32_t cache_entries;  // per shard
+        std::uint64_t cache_memory;   // per shard
+        Millis min_ttl;
+        Millis max_ttl;
+        bool prefer_ipv4;
+        std::uint32_t mx_addresses;  // addresses tried per delivery attempt
+    } dns;
 
     struct {
         std::string address_text;
