@@ -63,29 +63,6 @@ smtp::RecipientResult local_result(Reply row, const std::string& arg) {
     return r;
 }
 
-// What this host is, to find MX records that point back at it (RFC 5321 §5.1).
-dns::Self self_of(const Config& cfg) {
-    dns::Self self;
-    self.names.push_back(dns::normalise_name(cfg.server.hostname));
-    for (const auto& l : cfg.listeners) {
-        if (l.address.port != 25) {
-            continue;  // MX delivery connects to port 25 only
-        }
-        IpAddr any{};
-        IpAddr any4{};
-        any4.v4 = true;
-        any4.bytes[10] = any4.bytes[11] = 0xFF;
-        if (l.address.ip == any4) {
-            self.any_v4 = true;
-        } else if (l.address.ip == any) {
-            self.any_v6 = true;
-        } else {
-            self.addrs.push_back(l.address.ip);
-        }
-    }
-    return self;
-}
-
 constexpr std::uint16_t kSmtpPort = 25;  // RFC 5321 §4.5.4.2
 
 smtp::Client::StartTls client_mode(TlsMode m) {
@@ -1262,7 +1239,7 @@ void Outbound::plan(Hop& hop) {
     ++loads_;
     shard_.work_started();
     dns::plan_destination(
-        hop.domain, self_of(cfg), opts, resolver->rng(), resolver->lookup_fn(),
+        hop.domain, dns::self_of(cfg), opts, resolver->rng(), resolver->lookup_fn(),
         [this, h](dns::Destination d) {
             --loads_;
             h->dest = Hop::Dest::unplanned;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <climits>
 
+#include "common/config.hpp"
+
 namespace sluice::dns {
 namespace {
 
@@ -228,6 +230,28 @@ struct Planner : std::enable_shared_from_this<Planner> {
 };
 
 }  // namespace
+
+Self self_of(const Config& cfg) {
+    Self self;
+    self.names.push_back(normalise_name(cfg.server.hostname));
+    IpAddr any6{};
+    IpAddr any4{};
+    any4.v4 = true;
+    any4.bytes[10] = any4.bytes[11] = 0xFF;
+    for (const auto& l : cfg.listeners) {
+        if (l.address.port != 25) {
+            continue;  // delivery by MX connects to port 25 only
+        }
+        if (l.address.ip == any4) {
+            self.any_v4 = true;
+        } else if (l.address.ip == any6) {
+            self.any_v6 = true;
+        } else {
+            self.addrs.push_back(l.address.ip);
+        }
+    }
+    return self;
+}
 
 std::string_view to_string(Destination::Verdict v) {
     switch (v) {

@@ -20,6 +20,10 @@
 #include "common/reply.hpp"
 #include "daemon/dns/message.hpp"
 
+namespace sluice {
+struct Config;
+}
+
 namespace sluice::dns {
 
 enum class Prefer : std::uint8_t { ipv6, ipv4 };
@@ -31,6 +35,9 @@ struct Self {
     bool any_v4 = false;             // a listener on 0.0.0.0 port 25: every local v4 address
     bool any_v6 = false;
 };
+
+// This host as the config describes it: server.hostname and the listeners on port 25.
+Self self_of(const Config& cfg);
 
 struct Target {
     std::string host;  // the MX host (the domain itself for an implicit MX)

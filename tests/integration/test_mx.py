@@ -344,3 +344,33 @@ def test_hostile_dns_answers_defer_without_crash(mode):
             assert wait_for(lambda: len(d.messages()) == 1)
     finally:
         bad.stop()
+
+
+def test_sluicectl_dns_shows_the_plan_and_cached_ttls(world):
+    dns, ips, hops, _ = world
+    with mx_daemon(dns.address) as d:
+        r = d.ctl_json("dns", "A.test.")
+        assert r["domain"] == "a.test"
+        assert r["route"] == "mx"
+        assert r["verdict"] == "deliver"
+        assert [(h["preference"], h["host"], h["status"]) for h in r["hosts"]] == [
+            (10, "mx1.a.test", "ok"), (20, "mx2.a.test", "ok")]
+        assert r["hosts"][0]["addresses"] == [{"address": ips[0], "ttl": 300}]
+        assert r["try"] == [f"mx1.a.test[{ips[0]}]:25", f"mx2.a.test[{ips[1]}]:25"]
+        asked = dns.resolver.count("a.test", "MX")
+        time.sleep(1.1)  # the cached TTL counts down
+        again = d.ctl_json("dns", "a.test")
+        assert again["mx_ttl"] < 300
+        assert dns.resolver.count("a.test", "MX") == asked  # from the cache
+        nm = d.ctl_json("dns", "nomail.test")
+        assert nm["verdict"] == "bounce" and nm["null_mx"] is True
+        assert nm["reply"].startswith("556 5.1.10")
+        human = d.ctl("dns", "gone.test")
+        assert human.returncode == 0
+        assert "verdict:  bounce (550 5.1.2" in human.stdout
+        bad = d.ctl("dns")
+        assert bad.returncode == 2
+        stats = d.ctl_json("stats")["dns"]
+        assert stats["queries"] >= 3
+        assert stats["answers"]["noerror"] >= 1 and stats["answers"]["nxdomain"] >= 1
+        assert stats["cache_hits"] >= 1 and stats["cache_entries"] >= 1
