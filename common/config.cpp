@@ -136,6 +136,8 @@ const Key<Config> config_keys[] = {
 
     {"limits", "outbound_connections", Kind::integer, "20", 1, 10'000, "", "concurrent connections to one next hop (over all shards)",
         [](Config& c, const Value& v) { c.limits.outbound_connections = static_cast<std::uint32_t>(v.i); }},
+    {"limits", "outbound_connections_total", Kind::integer, "400", 1, 100'000, "", "concurrent outbound connections over all next hops and MX destinations (over all shards); an idle one is closed when another destination needs the room",
+        [](Config& c, const Value& v) { c.limits.outbound_connections_total = static_cast<std::uint32_t>(v.i); }},
     {"limits", "outbound_queue_memory", Kind::size, "128MiB", 64 * 1024, 1ll << 40, "", "message data kept in memory for one next hop (over all shards) while it waits for a connection; more waits on disk and is read back when there is room",
         [](Config& c, const Value& v) { c.limits.outbound_queue_memory = v.u; }},
 

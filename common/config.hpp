@@ -115,6 +115,7 @@ struct Config {
         Millis greeting_delay;               // input before the greeting: early talker (554)
         Millis proxy_timeout;  // a proxy_protocol listener's wait for the whole PROXY header
         std::uint32_t outbound_connections;  // concurrent connections per next hop
+        std::uint32_t outbound_connections_total;  // over all next hops and destinations
         std::uint64_t outbound_queue_memory;  // message data waiting in memory per next hop
     } limits;
 

@@ -826,7 +826,26 @@ void Outbound::pump(Hop& hop) {
     if (hop.probe) {
         limit = 1;  // a destination that was dead: one connection finds out
     }
-    while (hop.queue.size() > soon && hop.links.size() < limit && !draining_) {
+    std::size_t total = std::max<std::size_t>(
+        1, cfg.limits.outbound_connections_total / cfg.server.shards);
+    if (hop.queue.size() > soon && hop.links.size() < limit && links_ >= total && !draining_) {
+        // Every connection this shard may have is open: an idle one elsewhere makes room
+        // (its close pumps the hops waiting), else this hop waits for the next to end.
+        waiting_room_.insert(&hop);
+        for (auto& [key, other] : hops_) {
+            if (&other == &hop) {
+                continue;
+            }
+            auto idle_link = std::find_if(other.links.begin(), other.links.end(),
+                                          [](const Link* l) { return l->idle(); });
+            if (idle_link != other.links.end()) {
+                (*idle_link)->close();
+                break;
+            }
+        }
+        return;
+    }
+    while (hop.queue.size() > soon && hop.links.size() < limit && links_ < total && !draining_) {
         auto* link = new Link(*this, hop);
         hop.links.insert(link);
         ++links_;
@@ -848,6 +867,15 @@ void Outbound::link_closed(Link* link) {
             --links_;
             if (!draining_ && !hop.queue.empty()) {
                 pump(hop);
+            }
+            // A slot is free: hops that found none may open a link now.
+            while (!draining_ && !waiting_room_.empty()) {
+                Hop* next = *waiting_room_.begin();
+                waiting_room_.erase(waiting_room_.begin());
+                if (!next->queue.empty()) {
+                    pump(*next);
+                    break;
+                }
             }
             break;
         }

@@ -200,6 +200,8 @@ class Outbound {
     std::deque<std::pair<std::chrono::steady_clock::time_point, storage::QueueId>> settle_order_;
     std::size_t links_ = 0;
     std::size_t loads_ = 0;
+    // Hops that wanted a link when limits.outbound_connections_total was reached.
+    std::set<Hop*> waiting_room_;
     bool draining_ = false;
     ClientTls client_tls_;
 
