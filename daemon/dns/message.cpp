@@ -142,7 +142,8 @@ std::string normalise_name(std::string_view name) {
 }
 
 std::optional<Response> parse_response(std::string_view wire, std::string& error) {
-    Reader r{wire};
+    Reader r;
+    r.wire = wire;
     Response out;
     if (!r.need(12)) {
         error = r.error;
