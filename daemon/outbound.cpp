@@ -1246,6 +1246,14 @@ bool Outbound::destination_ready(Hop& hop) {
     if (hop.queue.empty() || draining_) {
         return false;
     }
+    // The plan's TTL ran out: idle connections made under it are not reused (the MX set or
+    // its addresses may have moved); busy ones finish their message.
+    auto links = hop.links;
+    for (auto* l : links) {
+        if (l->idle()) {
+            l->close();
+        }
+    }
     plan(hop);
     return false;
 }
