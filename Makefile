@@ -7,10 +7,11 @@ BUILD ?= build
 # with --no-install-recommends, so what a tool only recommends but our tests use is named
 # here (swaks' Perl modules for TLS and AUTH); tests/preflight.sh checks each capability.
 DEBS_BUILD := build-essential pkg-config meson ninja-build libuv1-dev libmbedtls-dev liblmdb-dev \
-        libtomlplusplus-dev libgtest-dev libbenchmark-dev libcrypt-dev nlohmann-json3-dev zlib1g-dev
+        libtomlplusplus-dev libgtest-dev libbenchmark-dev libcrypt-dev nlohmann-json3-dev zlib1g-dev \
+        libc-ares-dev
 DEBS_TEST := lmdb-utils postfix swaks libnet-ssleay-perl libauthen-sasl-perl \
         libio-socket-inet6-perl python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl \
-        ca-certificates haproxy util-linux
+        ca-certificates haproxy util-linux python3-dnslib
 DEBS_SLOW := testssl.sh bsdextrautils dnsutils procps
 DEBS_BENCH := curl
 DEBS_FUZZ := clang-14 libclang-rt-14-dev

@@ -26,3 +26,7 @@ echo "== memory with 10000 idle sessions"
 /usr/bin/python3 "$root/bench/idle_memory.py" "$build" 10000
 echo "== /healthz latency alone vs with 64 slow HTTP clients of user nobody"
 /usr/bin/python3 "$root/bench/healthz_probe.py" "$build" 200
+echo "== resolver cache: hit/miss latency, memory at 100k names"
+"$root/$build/bench/dns_cache_bench" 100000
+echo "== delivery by MX vs static routes to the same 4 sinks (20000 messages, 1000 domains)"
+/usr/bin/python3 "$root/bench/mx_bench.py" "$build" 20000 1000

@@ -138,6 +138,8 @@ const Key<Config> config_keys[] = {
 
     {"limits", "outbound_connections", Kind::integer, "20", 1, 10'000, "", "concurrent connections to one next hop (over all shards)",
         [](Config& c, const Value& v) { c.limits.outbound_connections = static_cast<std::uint32_t>(v.i); }},
+    {"limits", "outbound_connections_total", Kind::integer, "400", 1, 100'000, "", "concurrent outbound connections over all next hops and MX destinations (over all shards); an idle one is closed when another destination needs the room",
+        [](Config& c, const Value& v) { c.limits.outbound_connections_total = static_cast<std::uint32_t>(v.i); }},
     {"limits", "outbound_queue_memory", Kind::size, "128MiB", 64 * 1024, 1ll << 40, "", "message data kept in memory for one next hop (over all shards) while it waits for a connection; more waits on disk and is read back when there is room",
         [](Config& c, const Value& v) { c.limits.outbound_queue_memory = v.u; }},
 
@@ -184,6 +186,25 @@ const Key<Config> config_keys[] = {
 
     {"control", "socket", Kind::path, "/run/sluice/control.sock", 0, 0, "", "Unix socket of sluicectl",
         [](Config& c, const Value& v) { c.control.socket = v.s; }},
+
+    {"dns", "servers", Kind::string_list, "", 0, 0, "", "DNS servers asked by every shard (IP, IP:PORT or [IPv6]:PORT); empty: those of /etc/resolv.conf",
+        [](Config& c, const Value& v) { c.dns.servers = v.list; }},
+    {"dns", "timeout", Kind::duration, "5s", 100, 60'000, "", "how long one try of a query waits for its answer",
+        [](Config& c, const Value& v) { c.dns.timeout = v.d; }},
+    {"dns", "attempts", Kind::integer, "3", 1, 10, "", "tries of a query (over the servers in turn) before it fails as temporary",
+        [](Config& c, const Value& v) { c.dns.attempts = static_cast<std::uint32_t>(v.i); }},
+    {"dns", "cache_entries", Kind::integer, "100000", 0, 10'000'000, "", "answers each shard's cache keeps (0: no cache)",
+        [](Config& c, const Value& v) { c.dns.cache_entries = static_cast<std::uint32_t>(v.i); }},
+    {"dns", "cache_memory", Kind::size, "64MiB", 0, 1ll << 34, "", "memory each shard's cache may hold; the least recently used answers go first",
+        [](Config& c, const Value& v) { c.dns.cache_memory = v.u; }},
+    {"dns", "min_ttl", Kind::duration, "0s", 0, 3'600'000, "", "answers are cached at least this long (TTL floor)",
+        [](Config& c, const Value& v) { c.dns.min_ttl = v.d; }},
+    {"dns", "max_ttl", Kind::duration, "1d", 1000, 7ll * 86'400'000, "", "answers are cached at most this long (TTL ceiling, negative answers too)",
+        [](Config& c, const Value& v) { c.dns.max_ttl = v.d; }},
+    {"dns", "prefer", Kind::choice, "ipv6", 0, 0, "ipv6|ipv4", "address family tried first for each MX host",
+        [](Config& c, const Value& v) { c.dns.prefer_ipv4 = v.s == "ipv4"; }},
+    {"dns", "mx_addresses", Kind::integer, "5", 1, 50, "", "addresses (over the MX hosts by preference) tried per delivery attempt before the mail is deferred",
+        [](Config& c, const Value& v) { c.dns.mx_addresses = static_cast<std::uint32_t>(v.i); }},
 
     {"stats", "address", Kind::string, "", 0, 0, "", "IP:PORT of the HTTP stats endpoint; empty: off",
         [](Config& c, const Value& v) { c.stats.address_text = v.s; }},
@@ -495,6 +516,27 @@ std::optional<Transport> parse_transport(const std::string& text, const Loader& 
         }
         return t;
     }
+    if (text == "mx" || text.rfind("mx?", 0) == 0) {
+        // Delivery by the recipient domain's MX records (RFC 5321 §5.1), on port 25.
+        t.kind = Transport::Kind::mx;
+        t.port = 25;
+        std::stringstream qs(text.size() > 3 ? text.substr(3) : std::string());
+        std::string item;
+        while (std::getline(qs, item, '&')) {
+            if (item == "starttls=required") {
+                t.starttls = TlsMode::required;
+            } else if (item == "starttls=optional") {
+                t.starttls = TlsMode::optional;
+            } else if (item == "starttls=off") {
+                t.starttls = TlsMode::off;
+            } else {
+                error = "unknown option \"" + item + "\" in \"" + text +
+                        "\" (mx takes starttls=required|optional|off)";
+                return std::nullopt;
+            }
+        }
+        return t;
+    }
     if (text.rfind("smtp://", 0) == 0) {
         t.kind = Transport::Kind::smtp;
         std::string rest = text.substr(7);
@@ -545,7 +587,7 @@ std::optional<Transport> parse_transport(const std::string& text, const Loader& 
         }
         return t;
     }
-    error = "unknown transport \"" + text + "\" (use smtp://HOST:PORT or maildir:PATH)";
+    error = "unknown transport \"" + text + "\" (use smtp://HOST:PORT, mx or maildir:PATH)";
     return std::nullopt;
 }
 
@@ -565,7 +607,7 @@ LoadResult finish(Loader& loader, const toml::table& root, const std::string& pa
 
     static constexpr std::string_view sections[] = {"server",      "tls",     "limits", "relay",
                                                     "connections", "domains", "maps",   "spool",
-                                                    "control",     "stats"};
+                                                    "control",     "stats",   "dns"};
     for (auto&& [name, node] : root) {
         auto n = name.str();
         bool known = n == "listener" || n == "routes" ||
@@ -719,6 +761,22 @@ LoadResult finish(Loader& loader, const toml::table& root, const std::string& pa
         // Nothing to check here without the map; sluicectl check inspects the map.
     }
 
+    // dns
+    if (const auto* arr = root["dns"]["servers"].as_array()) {
+        std::size_t i = 0;
+        for (const auto& s : cfg->dns.servers) {
+            const auto& src = (*arr)[i++].source();
+            std::string e;
+            if (!parse_ip(s) && !parse_sockaddr(s, e)) {
+                loader.error(src, "dns.servers: \"" + s + "\" is not IP, IP:PORT or [IPv6]:PORT");
+            }
+        }
+    }
+    if (cfg->dns.min_ttl > cfg->dns.max_ttl) {
+        loader.error(root["dns"]["min_ttl"].node()->source(),
+                     "dns.min_ttl: longer than dns.max_ttl");
+    }
+
     // stats
     if (!cfg->stats.address_text.empty()) {
         std::string e;
@@ -823,7 +881,7 @@ std::string describe_schema() {
     for (const auto& k : listener_keys) {
         line("listener." + std::string(k.name), k.kind, k.fallback, k.choices, k.doc);
     }
-    out += "routes.DOMAIN                   smtp://HOST:PORT[?starttls=..] | maildir:PATH\n";
+    out += "routes.DOMAIN                   smtp://HOST:PORT[?starttls=..] | mx[?starttls=..] | maildir:PATH\n";
     return out;
 }
 

@@ -55,7 +55,8 @@ struct ListenerConfig {
 };
 
 struct Transport {
-    enum class Kind { smtp, maildir };
+    // mx: delivery by the recipient domain's MX records (daemon/dns/destination.hpp).
+    enum class Kind { smtp, maildir, mx };
     Kind kind = Kind::maildir;
     std::string host;  // smtp: IP literal or name
     std::uint16_t port = 25;
@@ -114,6 +115,7 @@ struct Config {
         Millis greeting_delay;               // input before the greeting: early talker (554)
         Millis proxy_timeout;  // a proxy_protocol listener's wait for the whole PROXY header
         std::uint32_t outbound_connections;  // concurrent connections per next hop
+        std::uint32_t outbound_connections_total;  // over all next hops and destinations
         std::uint64_t outbound_queue_memory;  // message data waiting in memory per next hop
     } limits;
 
@@ -146,6 +148,19 @@ struct Config {
     struct {
         std::string socket;
     } control;
+
+    // The resolver of each shard (daemon/dns/resolver.hpp) and delivery by MX.
+    struct {
+        std::vector<std::string> servers;  // "IP", "IP:PORT", "[IPv6]:PORT"; empty: resolv.conf
+        Millis timeout;
+        std::uint32_t attempts;
+        std::uint32_t cache_entries;  // per shard
+        std::uint64_t cache_memory;   // per shard
+        Millis min_ttl;
+        Millis max_ttl;
+        bool prefer_ipv4;
+        std::uint32_t mx_addresses;  // addresses tried per delivery attempt
+    } dns;
 
     struct {
         std::string address_text;

@@ -94,6 +94,11 @@ constexpr Row rows[] = {
     {R::next_hop_timeout,        {451, "4.4.2", "Timed out waiting for the next hop", false}},
     {R::next_hop_protocol,       {451, "4.5.0", "Protocol error from the next hop", false}},
     {R::conversion_required,     {554, "5.6.3", "Conversion required: the next hop does not offer 8BITMIME", false}},
+    {R::dns_null_mx,             {556, "5.1.10", "Recipient domain accepts no mail (null MX): %", false}},
+    {R::dns_no_domain,           {550, "5.1.2", "Recipient domain not found: %", false}},
+    {R::dns_mx_loop,             {554, "5.4.6", "Mail for % loops back to myself", false}},
+    {R::dns_temporary,           {451, "4.4.3", "DNS lookup failed for %, try again later", false}},
+    {R::mx_unreachable,          {451, "4.4.1", "No MX host of % answered, try again later", false}},
 };
 // clang-format on
 

@@ -97,6 +97,12 @@ enum class Reply : std::uint8_t {
     next_hop_timeout,     // 451 4.4.2 RFC 5321 §4.5.3.2 timeout
     next_hop_protocol,    // 451 4.5.0 malformed or unexpected reply
     conversion_required,  // 554 5.6.3 8-bit data, next hop without 8BITMIME (RFC 6152 §3)
+    // Delivery by MX (daemon/dns/destination.hpp): what DNS says about a domain.
+    dns_null_mx,          // 556 5.1.10 the domain accepts no mail (RFC 7505 §3)
+    dns_no_domain,        // 550 5.1.2 NXDOMAIN, or no MX and no address (RFC 5321 §5.1)
+    dns_mx_loop,          // 554 5.4.6 the MX set names this host (RFC 5321 §5.1)
+    dns_temporary,        // 451 4.4.3 SERVFAIL, timeout or malformed answer
+    mx_unreachable,       // 451 4.4.1 no MX host of the domain took a connection
     count_
 };
 

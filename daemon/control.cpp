@@ -94,8 +94,44 @@ std::string_view command_name(Command c) {
             return "explain";
         case Command::queue:
             return "queue";
+        case Command::dns:
+            return "dns";
     }
     return "unknown";
+}
+
+json dns_report(const std::string& domain, const std::string& route, const dns::Destination& d) {
+    json j;
+    j["ok"] = true;
+    j["domain"] = domain;
+    j["route"] = route;
+    j["verdict"] = std::string(dns::to_string(d.verdict));
+    if (d.verdict != dns::Destination::Verdict::deliver) {
+        j["reply"] = reply_line(d.reply, d.detail);
+    }
+    j["implicit_mx"] = d.implicit;
+    j["null_mx"] = d.null_mx;
+    j["mx_ttl"] = d.mx_ttl;
+    j["plan_ttl"] = d.ttl;
+    json hosts = json::array();
+    for (const auto& h : d.hosts) {
+        json addrs = json::array();
+        for (const auto& [ip, ttl] : h.addrs) {
+            addrs.push_back({{"address", format_ip(ip)}, {"ttl", ttl}});
+        }
+        hosts.push_back({{"host", h.name},
+                         {"preference", h.preference},
+                         {"canonical", h.canonical},
+                         {"status", h.status},
+                         {"addresses", addrs}});
+    }
+    j["hosts"] = hosts;
+    json targets = json::array();
+    for (const auto& t : d.targets) {
+        targets.push_back(t.host + "[" + format_ip(t.addr) + "]:25");
+    }
+    j["try"] = targets;
+    return j;
 }
 
 ParsedRequest parse_request(std::string_view line) {
@@ -116,7 +152,8 @@ ParsedRequest parse_request(std::string_view line) {
     }
     const auto& name = it->get_ref<const std::string&>();
     for (Command c :
-         {Command::status, Command::stats, Command::reload, Command::explain, Command::queue}) {
+         {Command::status, Command::stats, Command::reload, Command::explain, Command::queue,
+          Command::dns}) {
         if (name == command_name(c)) {
             r.request = Request{c, std::move(body)};
             return r;

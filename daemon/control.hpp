@@ -40,6 +40,7 @@
 #include "common/config.hpp"
 #include "daemon/session.hpp"
 #include "policy/maps.hpp"
+#include "daemon/dns/destination.hpp"
 
 namespace sluice::control {
 
@@ -78,9 +79,13 @@ class LineReader {
     bool overflow_ = false;
 };
 
-enum class Command { status, stats, reload, explain, queue };
+enum class Command { status, stats, reload, explain, queue, dns };
 
 std::string_view command_name(Command c);
+
+// `sluicectl dns DOMAIN`: what delivery by MX would do for the domain (daemon/dns).
+nlohmann::json dns_report(const std::string& domain, const std::string& route,
+                          const dns::Destination& d);
 
 struct Request {
     Command cmd = Command::status;

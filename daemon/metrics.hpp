@@ -73,11 +73,24 @@ inline constexpr std::array<ResultRow, 3> kAuthResults = {{
     {"aborted", "no credentials to check: cancelled, bad base64 or malformed"},
 }};
 
+// DNS answers (daemon/dns/resolver.hpp) by what the server said: rcode, or no answer.
+enum class DnsAnswer : std::uint8_t { noerror, nxdomain, servfail, refused, timeout, malformed, count_ };
+inline constexpr std::array<ResultRow, 6> kDnsAnswers = {{
+    {"noerror", "an answer (possibly with no record of the type asked)"},
+    {"nxdomain", "the name does not exist"},
+    {"servfail", "the server failed"},
+    {"refused", "the server refused the query"},
+    {"timeout", "no answer within dns.timeout x dns.attempts"},
+    {"malformed", "an answer that does not parse"},
+}};
+inline constexpr std::array<double, 8> kDnsBuckets = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5};
+
 constexpr const auto& result_rows(ConnResult) { return kConnResults; }
 constexpr const auto& result_rows(MsgResult) { return kMsgResults; }
 constexpr const auto& result_rows(DeliveryResult) { return kDeliveryResults; }
 constexpr const auto& result_rows(TlsResult) { return kTlsResults; }
 constexpr const auto& result_rows(AuthResult) { return kAuthResults; }
+constexpr const auto& result_rows(DnsAnswer) { return kDnsAnswers; }
 
 // The label value of `r` ("accepted", ...), as in the metrics and the JSON of stats.
 template <typename E>
@@ -125,6 +138,17 @@ struct ShardMetrics {
     // STARTTLS to next hops (outbound links).
     std::array<Counter, static_cast<std::size_t>(TlsResult::count_)> tls_out_handshakes;
     std::array<Counter, static_cast<std::size_t>(AuthResult::count_)> auth;
+    // The shard's resolver: queries sent, answers by rcode, cache hits and misses, the
+    // latency of network queries, and the cache's size.
+    Counter dns_queries;
+    std::array<Counter, static_cast<std::size_t>(DnsAnswer::count_)> dns_answers;
+    Counter dns_cache_hits;
+    Counter dns_cache_misses;
+    std::array<Counter, kDnsBuckets.size()> dns_latency_buckets;  // non-cumulative here
+    Counter dns_latency_count;
+    Counter dns_latency_sum_us;
+    Gauge dns_cache_entries;
+    Gauge dns_cache_bytes;
     // The config generation this shard serves (stored by the shard thread when it switches).
     std::atomic<std::uint64_t> generation{0};
 
@@ -167,6 +191,17 @@ struct ShardMetrics {
             }
         }
         listeners_gone = std::move(current);
+    }
+
+    void observe_dns(double seconds) {
+        for (std::size_t i = 0; i < kDnsBuckets.size(); ++i) {
+            if (seconds <= kDnsBuckets[i]) {
+                dns_latency_buckets[i].add();
+                break;
+            }
+        }
+        dns_latency_count.add();
+        dns_latency_sum_us.add(static_cast<std::uint64_t>(seconds * 1e6));
     }
 
     void observe_duration(double seconds) {

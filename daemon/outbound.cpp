@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 
 #include "common/log.hpp"
+#include "daemon/dns/resolver.hpp"
 #include "daemon/dsn.hpp"
 #include "daemon/session.hpp"
 #include "daemon/shard.hpp"
@@ -30,12 +31,39 @@ std::string relay_name(const Transport& t) {
                                               : t.host + ":" + std::to_string(t.port);
 }
 
-// Where hops_ keeps it: the STARTTLS mode is part of the key (see outbound.hpp).
-std::string hop_key(const Transport& t) {
+// Where hops_ keeps it: the STARTTLS mode is part of the key (see outbound.hpp); a route
+// by MX has one hop per recipient domain.
+std::string hop_key(const Transport& t, const std::string& domain = {}) {
+    if (t.kind == Transport::Kind::mx) {
+        return "mx:" + domain + "?starttls=" + std::string(to_string(t.starttls));
+    }
     return t.kind == Transport::Kind::maildir
                ? relay_name(t)
                : relay_name(t) + "?starttls=" + std::string(to_string(t.starttls));
 }
+
+// The domain an MX route delivers a recipient to.
+std::string rcpt_domain(const storage::Recipient& r) {
+    const std::string& a = r.deliver_to.empty() ? r.address : r.deliver_to;
+    auto at = a.rfind('@');
+    return dns::normalise_name(at == std::string::npos ? std::string() : a.substr(at + 1));
+}
+
+// An outcome we decide (no next-hop reply), from the reply table.
+smtp::RecipientResult local_result(Reply row, const std::string& arg) {
+    const auto& spec = reply_spec(row);
+    smtp::RecipientResult r;
+    r.code = spec.code;
+    r.enhanced = std::string(spec.enhanced);
+    r.reply = reply_line(row, arg);
+    r.text = r.reply.substr(r.reply.find(' ', 4) + 1);
+    r.reply.clear();
+    r.kind = spec.code >= 500 ? smtp::RecipientResult::Kind::failed
+                              : smtp::RecipientResult::Kind::deferred;
+    return r;
+}
+
+constexpr std::uint16_t kSmtpPort = 25;  // RFC 5321 §4.5.4.2
 
 smtp::Client::StartTls client_mode(TlsMode m) {
     switch (m) {
@@ -57,7 +85,20 @@ std::string angle(std::string_view a) {
 // One outbound SMTP connection to a next hop: libuv handles around the pure client.
 class Outbound::Link {
   public:
-    Link(Outbound& ob, Hop& hop) : ob_(ob), hop_(hop), client_(options(ob, hop)) {}
+    Link(Outbound& ob, Hop& hop) : ob_(ob), hop_(hop), client_(options(ob, hop)) {
+        relay_ = hop.key;
+        tls_name_ = hop.transport.host;
+        if (!hop.domain.empty() && hop.next_target < hop.targets.size()) {
+            target_ = hop.next_target;
+            const auto& t = hop.targets[target_];
+            relay_ = t.host + "[" + format_ip(t.addr) + "]:" + std::to_string(kSmtpPort);
+            tls_name_ = t.host;  // RFC 7672 §3.2.2 names the MX host, not the domain
+        }
+    }
+
+    // Delivery by MX: gave its messages back after a failure before the greeting.
+    bool try_next() const { return try_next_; }
+    std::size_t target() const { return target_; }
 
     static smtp::Client::Options options(Outbound& ob, Hop& hop) {
         smtp::Client::Options o;
@@ -76,6 +117,19 @@ class Outbound::Link {
         ++handles_;
         arm(client_.current_timeout().count() > 0 ? client_.current_timeout()
                                                   : std::chrono::seconds(30));
+        if (!hop_.domain.empty()) {
+            if (target_ >= hop_.targets.size()) {
+                fail("no address to connect to");
+                return;
+            }
+            const auto& a = hop_.targets[target_].addr;
+            std::string e;
+            auto sa = parse_sockaddr((a.v4 ? format_ip(a) : "[" + format_ip(a) + "]") + ":" +
+                                         std::to_string(kSmtpPort),
+                                     e);
+            connect_to(reinterpret_cast<const sockaddr*>(&sa->storage));
+            return;
+        }
         auto ip = parse_ip(hop_.transport.host);
         if (ip) {
             std::string e;
@@ -199,6 +253,10 @@ class Outbound::Link {
             return;
         }
         arm(client_.current_timeout());
+        if (widen_) {
+            widen_ = false;
+            ob_.pump(hop_);
+        }
     }
 
   private:
@@ -252,7 +310,7 @@ class Outbound::Link {
         tls_config_ = cfg;
         // The host as the route names it is the SNI and, with verify_, the name the
         // certificate must carry (RFC 6125); an IP literal is sent without SNI.
-        tls_ = std::make_unique<tls::TlsClientStream>(std::move(cfg), hop_.transport.host, verify_,
+        tls_ = std::make_unique<tls::TlsClientStream>(std::move(cfg), tls_name_, verify_,
                                                       std::move(resume));
         if (!tls_->error().empty()) {
             tls_failed(tls_->error());
@@ -319,12 +377,30 @@ class Outbound::Link {
     }
 
     void collect() {
+        using S = smtp::Client::State;
+        auto st = client_.state();
+        if (!greeted_ && st != S::connecting && st != S::greeting && st != S::quitting &&
+            st != S::closed && st != S::failed) {
+            greeted_ = true;  // the next hop said 220: this address works
+            if (hop_.probe) {
+                hop_.probe = false;
+                widen_ = true;  // more links may follow now (at the end of step())
+            }
+        }
         while (client_.transaction_done()) {
             auto results = client_.take_results();
+            if (!hop_.domain.empty() && !greeted_ && !jobs_.empty()) {
+                // No connection or no 220 greeting (RFC 5321 §5.1: try the next address):
+                // the message goes back to the destination's queue, in front.
+                ob_.enqueue(hop_, std::move(jobs_.front()), true);
+                jobs_.pop_front();
+                try_next_ = true;
+                continue;
+            }
             if (!jobs_.empty()) {
                 Job job = std::move(jobs_.front());
                 jobs_.pop_front();
-                ob_.finished(job, results, hop_.key);
+                ob_.finished(job, results, relay_);
             }
         }
     }
@@ -504,6 +580,12 @@ class Outbound::Link {
     uv_write_t wreq_{};
     std::string writing_;
     std::string reason_;
+    std::string relay_;     // relay= of log lines: host:port, or for MX host[ip]:25
+    std::string tls_name_;  // SNI and the name a verified certificate must carry
+    std::size_t target_ = 0;
+    bool greeted_ = false;
+    bool try_next_ = false;
+    bool widen_ = false;
     std::unique_ptr<tls::TlsClientStream> tls_;  // after the 220 to STARTTLS
     std::shared_ptr<const tls::TlsClientConfig> tls_config_;
     bool verify_ = false;
@@ -543,7 +625,8 @@ std::map<std::string, Outbound::Job> Outbound::split_by_hop(
     const std::vector<unsigned>& attempts, const std::string& session) {
     std::map<std::string, Job> by_hop;
     for (std::size_t k = 0; k < rcpts.size(); ++k) {
-        auto& job = by_hop[hop_key(msg->recipients[rcpts[k]].transport)];
+        const auto& rc = msg->recipients[rcpts[k]];
+        auto& job = by_hop[hop_key(rc.transport, rcpt_domain(rc))];
         job.msg = msg;
         job.rcpts.push_back(rcpts[k]);
         job.attempts.push_back(attempts[k]);
@@ -552,11 +635,15 @@ std::map<std::string, Outbound::Job> Outbound::split_by_hop(
     return by_hop;
 }
 
-Outbound::Hop& Outbound::hop_for(const std::string& key, const Transport& t) {
+Outbound::Hop& Outbound::hop_for(const std::string& key, const Transport& t,
+                                 const std::string& domain) {
     auto [it, fresh] = hops_.try_emplace(key);
     if (fresh) {
-        it->second.key = relay_name(t);
+        it->second.key = t.kind == Transport::Kind::mx ? "mx:" + domain : relay_name(t);
         it->second.transport = t;
+        if (t.kind == Transport::Kind::mx) {
+            it->second.domain = domain;
+        }
     }
     return it->second;
 }
@@ -574,7 +661,7 @@ void Outbound::route(const std::shared_ptr<const storage::Message>& msg,
             deliver_local(std::move(job));
             continue;
         }
-        Hop& hop = hop_for(key, t);
+        Hop& hop = hop_for(key, t, rcpt_domain(msg->recipients[job.rcpts.front()]));
         if (!hop.overflow.empty() || !has_room(hop, msg->data.size())) {
             // The next hop is slower than the inflow: the data waits on disk, in line
             // (it still counts in active_: nothing else may route these recipients).
@@ -662,7 +749,7 @@ void Outbound::read_back(Hop& hop) {
     while (!draining_ && !hop.overflow.empty() && hop.reading_back < kReadsInFlight &&
            has_room(hop, hop.overflow.front().bytes)) {
         auto* job = ReadJob::make(this, &spool_, hop.overflow.front().id);
-        job->hop = hop_key(hop.transport);
+        job->hop = hop_key(hop.transport, hop.domain);
         job->overflow = std::move(hop.overflow.front());
         hop.overflow.pop_front();
         shard_.metrics().outbound_overflow.add(-1);
@@ -699,6 +786,9 @@ void Outbound::read_back(Hop& hop) {
 }
 
 void Outbound::pump(Hop& hop) {
+    if (!hop.domain.empty() && !destination_ready(hop)) {
+        return;
+    }
     // A busy link that can take the next job behind its "." first: one write then carries
     // that message's data and the next one's envelope, and fewer connections carry the
     // same mail (fewer system calls per message). Idle links and new ones take what is
@@ -733,7 +823,29 @@ void Outbound::pump(Hop& hop) {
     const auto& cfg = *shard_.snapshot()->config;
     std::size_t limit =
         std::max<std::size_t>(1, cfg.limits.outbound_connections / cfg.server.shards);
-    while (hop.queue.size() > soon && hop.links.size() < limit && !draining_) {
+    if (hop.probe) {
+        limit = 1;  // a destination that was dead: one connection finds out
+    }
+    std::size_t total = std::max<std::size_t>(
+        1, cfg.limits.outbound_connections_total / cfg.server.shards);
+    if (hop.queue.size() > soon && hop.links.size() < limit && links_ >= total && !draining_) {
+        // Every connection this shard may have is open: an idle one elsewhere makes room
+        // (its close pumps the hops waiting), else this hop waits for the next to end.
+        waiting_room_.insert(&hop);
+        for (auto& [key, other] : hops_) {
+            if (&other == &hop) {
+                continue;
+            }
+            auto idle_link = std::find_if(other.links.begin(), other.links.end(),
+                                          [](const Link* l) { return l->idle(); });
+            if (idle_link != other.links.end()) {
+                (*idle_link)->close();
+                break;
+            }
+        }
+        return;
+    }
+    while (hop.queue.size() > soon && hop.links.size() < limit && links_ < total && !draining_) {
         auto* link = new Link(*this, hop);
         hop.links.insert(link);
         ++links_;
@@ -746,10 +858,24 @@ void Outbound::pump(Hop& hop) {
 void Outbound::link_closed(Link* link) {
     for (auto& [key, hop] : hops_) {
         if (hop.links.erase(link) != 0) {
+            bool next = link->try_next();
+            std::size_t target = link->target();
             delete link;
+            if (next && !draining_) {
+                target_failed(hop, target);
+            }
             --links_;
             if (!draining_ && !hop.queue.empty()) {
                 pump(hop);
+            }
+            // A slot is free: hops that found none may open a link now.
+            while (!draining_ && !waiting_room_.empty()) {
+                Hop* next = *waiting_room_.begin();
+                waiting_room_.erase(waiting_room_.begin());
+                if (!next->queue.empty()) {
+                    pump(*next);
+                    break;
+                }
             }
             break;
         }
@@ -835,7 +961,8 @@ void Outbound::deliver_inline(std::shared_ptr<const storage::Message> msg, std::
     state->jobs_left = static_cast<int>(by_hop.size());
     for (auto& [key, job] : by_hop) {
         job.inline_state = state;
-        Hop& hop = hop_for(key, msg->recipients[job.rcpts.front()].transport);
+        const auto& rc = msg->recipients[job.rcpts.front()];
+        Hop& hop = hop_for(key, rc.transport, rcpt_domain(rc));
         enqueue(hop, std::move(job), true);  // a client is waiting: first in line
         pump(hop);
     }
@@ -1096,6 +1223,118 @@ void Outbound::drain() {
     while (!due_.empty()) {
         due_.pop();
     }
+}
+
+}  // namespace sluice
+
+namespace sluice {
+
+bool Outbound::destination_ready(Hop& hop) {
+    auto now = std::chrono::steady_clock::now();
+    if (hop.dest == Hop::Dest::resolving) {
+        return false;
+    }
+    if (now < hop.dead_until) {
+        // Dead destination: what comes meanwhile waits for the next retry step on disk.
+        fail_queue(hop, local_result(Reply::mx_unreachable, hop.domain), hop.key);
+        return false;
+    }
+    if (hop.dest == Hop::Dest::ready && (now < hop.plan_expires || hop.fresh_plan)) {
+        hop.fresh_plan = false;  // a plan with TTL 0 serves the pump that asked for it
+        return true;
+    }
+    if (hop.queue.empty() || draining_) {
+        return false;
+    }
+    // The plan's TTL ran out: idle connections made under it are not reused (the MX set or
+    // its addresses may have moved); busy ones finish their message.
+    auto links = hop.links;
+    for (auto* l : links) {
+        if (l->idle()) {
+            l->close();
+        }
+    }
+    plan(hop);
+    return false;
+}
+
+void Outbound::plan(Hop& hop) {
+    dns::Resolver* resolver = shard_.resolver();
+    hop.dest = Hop::Dest::resolving;
+    if (resolver == nullptr) {
+        hop.dest = Hop::Dest::unplanned;
+        fail_queue(hop, local_result(Reply::dns_temporary, hop.domain + " (no resolver)"),
+                   hop.key);
+        return;
+    }
+    const auto& cfg = *shard_.snapshot()->config;
+    dns::PlanOptions opts;
+    opts.prefer = cfg.dns.prefer_ipv4 ? dns::Prefer::ipv4 : dns::Prefer::ipv6;
+    opts.max_targets = cfg.dns.mx_addresses;
+    Hop* h = &hop;  // hops_ never erases: the address stays valid
+    ++loads_;
+    shard_.work_started();
+    dns::plan_destination(
+        hop.domain, dns::self_of(cfg), opts, resolver->rng(), resolver->lookup_fn(),
+        [this, h](dns::Destination d) {
+            --loads_;
+            h->dest = Hop::Dest::unplanned;
+            if (!draining_) {
+                if (d.verdict == dns::Destination::Verdict::deliver) {
+                    h->dest = Hop::Dest::ready;
+                    h->targets = std::move(d.targets);
+                    h->next_target = 0;
+                    h->fresh_plan = true;
+                    // An address not yet proven: one link until it greets (a destination
+                    // that is down costs one connection per address, not one per message).
+                    h->probe = h->links.empty();
+                    h->plan_expires = std::chrono::steady_clock::now() + std::chrono::seconds(d.ttl);
+                    LogLine(Level::info, "mx_plan", shard_.index())
+                        .kv("domain", h->domain)
+                        .kv("implicit", d.implicit ? "yes" : "no")
+                        .kv("addresses", static_cast<std::uint64_t>(h->targets.size()))
+                        .kv("first", h->targets.front().host + "[" +
+                                         format_ip(h->targets.front().addr) + "]")
+                        .kv("ttl", static_cast<std::uint64_t>(d.ttl));
+                    pump(*h);
+                } else {
+                    LogLine(Level::info, "mx_plan", shard_.index())
+                        .kv("domain", h->domain)
+                        .kv("verdict", dns::to_string(d.verdict))
+                        .kv("reply", reply_line(d.reply, d.detail));
+                    fail_queue(*h, local_result(d.reply, d.detail), h->key);
+                }
+            }
+            shard_.work_finished();
+        });
+}
+
+void Outbound::fail_queue(Hop& hop, const smtp::RecipientResult& r, const std::string& relay) {
+    // Every job waiting (and, as they are read back, those on disk behind them).
+    while (!hop.queue.empty()) {
+        Job job = dequeue(hop);
+        std::vector<smtp::RecipientResult> results(job.rcpts.size(), r);
+        finished(job, results, relay);
+    }
+}
+
+void Outbound::target_failed(Hop& hop, std::size_t target) {
+    hop.next_target = std::max(hop.next_target, target + 1);
+    if (hop.next_target < hop.targets.size()) {
+        return;  // link_closed pumps: the next link takes the next address
+    }
+    // Every address of this round failed: the destination is dead for one retry step.
+    const auto& cfg = *shard_.snapshot()->config;
+    Millis step = cfg.spool.retry.empty() ? Millis(60'000) : cfg.spool.retry.front();
+    hop.dead_until = std::chrono::steady_clock::now() + step;
+    hop.next_target = 0;
+    hop.probe = true;
+    LogLine(Level::warn, "destination_dead", shard_.index())
+        .kv("domain", hop.domain)
+        .kv("addresses", static_cast<std::uint64_t>(hop.targets.size()))
+        .kv("retry_in", format_duration(step))
+        .kv("waiting", static_cast<std::uint64_t>(hop.queue.size() + hop.overflow.size()));
+    fail_queue(hop, local_result(Reply::mx_unreachable, hop.domain), hop.key);
 }
 
 }  // namespace sluice

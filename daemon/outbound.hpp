@@ -27,6 +27,19 @@
 //   and name the route's host (the config refuses an IP-literal host with ca_file, as
 //   mbedTLS 2.28 cannot match addresses); without it, the link is encrypted but not
 //   authenticated (the config warns).
+// Delivery by MX (route "mx", issue 15): a hop is then a destination, the recipient domain
+// (one per domain and STARTTLS mode). Before its first link the shard's resolver plans it
+// (daemon/dns/destination.hpp): the addresses to try, or a verdict that bounces (NXDOMAIN
+// 5.1.2, null MX 5.1.10, a loop back to us 5.4.6) or defers (4.4.3) what waits for it.
+// The plan is kept for its DNS TTL. A link that cannot connect, or gets no 220 greeting,
+// gives its message back to the destination's queue and the next link tries the next
+// address (next MX host by preference), up to dns.mx_addresses per round; when every
+// address of a round failed, what waits is deferred (4.4.1) and the destination is dead
+// for the first step of spool.retry: messages that come meanwhile are deferred without a
+// connection, and the first one after it probes with a single link. So a domain whose
+// hosts are all down costs one round of connection attempts per retry step, whatever the
+// number of messages waiting for it.
+//
 // Messages keep the route they were spooled with: links for the same host and port with
 // different modes are different hops, so a `required` message never rides a link set up
 // as `optional`. Each hop keeps its last TLS session to resume (RFC 5077). One log line
@@ -44,6 +57,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/dns/destination.hpp"
 #include "daemon/smtp_client.hpp"
 #include "storage/message.hpp"
 #include "storage/spool.hpp"
@@ -125,6 +139,15 @@ class Outbound {
         std::shared_ptr<const tls::TlsClientConfig> tls_session_config;
         // starttls=optional after a failed handshake: plaintext until then.
         std::chrono::steady_clock::time_point plaintext_until{};
+        // Delivery by MX (transport.kind == mx): the recipient domain and its plan.
+        std::string domain;
+        enum class Dest : std::uint8_t { unplanned, resolving, ready } dest = Dest::unplanned;
+        std::vector<dns::Target> targets;
+        std::size_t next_target = 0;  // the address new links connect to
+        std::chrono::steady_clock::time_point plan_expires{};
+        bool fresh_plan = false;  // just made: used once even if its TTL is 0
+        std::chrono::steady_clock::time_point dead_until{};  // all addresses failed
+        bool probe = false;  // after being dead: one link until a greeting comes
     };
     // Outbound TLS settings of this shard: `plain` (no CA) is built once, `verify`
     // (tls.ca_file) once per config generation, on first use.
@@ -141,7 +164,12 @@ class Outbound {
                                             const std::vector<std::size_t>& rcpts,
                                             const std::vector<unsigned>& attempts,
                                             const std::string& session);
-    Hop& hop_for(const std::string& key, const Transport& t);
+    Hop& hop_for(const std::string& key, const Transport& t, const std::string& domain);
+    // Delivery by MX: plans the destination, or gives what waits the DNS verdict.
+    bool destination_ready(Hop& hop);
+    void plan(Hop& hop);
+    void fail_queue(Hop& hop, const smtp::RecipientResult& r, const std::string& relay);
+    void target_failed(Hop& hop, std::size_t target);
     void route(const std::shared_ptr<const storage::Message>& msg,
                const std::vector<std::size_t>& rcpts, const std::vector<unsigned>& attempts,
                const std::string& session);
@@ -172,6 +200,8 @@ class Outbound {
     std::deque<std::pair<std::chrono::steady_clock::time_point, storage::QueueId>> settle_order_;
     std::size_t links_ = 0;
     std::size_t loads_ = 0;
+    // Hops that wanted a link when limits.outbound_connections_total was reached.
+    std::set<Hop*> waiting_room_;
     bool draining_ = false;
     ClientTls client_tls_;
 

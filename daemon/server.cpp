@@ -1,5 +1,7 @@
 #include "daemon/server.hpp"
 
+#include "daemon/dns/resolver.hpp"
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -244,6 +246,7 @@ int Server::run(std::shared_ptr<const Config> config) {
             uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
         }
         uv_close(reinterpret_cast<uv_handle_t*>(&switched_), nullptr);
+        uv_close(reinterpret_cast<uv_handle_t*>(&inbox_async_), nullptr);
         uv_close(reinterpret_cast<uv_handle_t*>(&drain_check_), nullptr);
         if (control_) {
             control_->close();
@@ -318,6 +321,11 @@ void Server::check_drained() {
     uv_timer_stop(&drain_check_);
     uv_close(reinterpret_cast<uv_handle_t*>(&drain_check_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&switched_), nullptr);
+    {
+        std::lock_guard lock(inbox_mu_);
+        inbox_.clear();  // replies to clients that are going away with the control socket
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&inbox_async_), nullptr);
     if (control_) {
         control_->close();
     }
@@ -341,6 +349,18 @@ bool Server::start_services(const Config& cfg) {
     uv_async_init(&loop_, &switched_,
                   [](uv_async_t* a) { static_cast<Server*>(a->data)->shard_switched(); });
     switched_.data = this;
+    uv_async_init(&loop_, &inbox_async_, [](uv_async_t* a) {
+        auto* self = static_cast<Server*>(a->data);
+        std::vector<std::function<void()>> work;
+        {
+            std::lock_guard lock(self->inbox_mu_);
+            work.swap(self->inbox_);
+        }
+        for (auto& fn : work) {
+            fn();
+        }
+    });
+    inbox_async_.data = this;
     uv_timer_init(&loop_, &drain_check_);
     drain_check_.data = this;
     // What the first reload compares with. The file is read again here (main.cpp loaded
@@ -444,6 +464,9 @@ void Server::handle_control(control::Request request, control::ControlServer::Re
         case control::Command::queue:
             queue_command(request.body, std::move(respond));
             return;
+        case control::Command::dns:
+            dns_command(request.body, std::move(respond));
+            return;
     }
     respond(control::error_reply("unknown command"));
 }
@@ -526,6 +549,48 @@ void Server::queue_command(const nlohmann::json& body, control::ControlServer::R
                                       {"out", j->out.out},
                                       {"err", j->out.err}});
         });
+}
+
+void Server::post_here(std::function<void()> fn) {
+    std::lock_guard lock(inbox_mu_);
+    inbox_.push_back(std::move(fn));
+    uv_async_send(&inbox_async_);
+}
+
+void Server::dns_command(const nlohmann::json& body, control::ControlServer::Respond respond) {
+    auto it = body.find("domain");
+    if (it == body.end() || !it->is_string() || it->get<std::string>().empty() ||
+        it->get<std::string>().size() > dns::limits::name) {
+        respond(control::error_reply("dns needs \"domain\" (a domain name)"));
+        return;
+    }
+    if (stopping_ || shards_.empty()) {
+        respond(control::error_reply("the daemon is shutting down"));
+        return;
+    }
+    std::string domain = dns::normalise_name(it->get<std::string>());
+    // Shard 0 answers with its resolver and cache: what it would do for this domain now.
+    auto shared = std::make_shared<control::ControlServer::Respond>(std::move(respond));
+    shards_.front()->post([this, domain, shared](Shard& sh) {
+        auto reply = [this, shared](nlohmann::json j) {
+            post_here([shared, j = std::move(j)] { (*shared)(j); });
+        };
+        if (sh.resolver() == nullptr) {
+            reply(control::error_reply("the shard's resolver is not running"));
+            return;
+        }
+        const auto& cfg = *sh.snapshot()->config;
+        auto route = cfg.route_for(domain);
+        dns::PlanOptions opts;
+        opts.prefer = cfg.dns.prefer_ipv4 ? dns::Prefer::ipv4 : dns::Prefer::ipv6;
+        opts.max_targets = cfg.dns.mx_addresses;
+        std::string route_text = route ? route->transport.text : std::string();
+        dns::plan_destination(
+            domain, dns::self_of(cfg), opts, sh.resolver()->rng(), sh.resolver()->lookup_fn(),
+            [reply, domain, route_text](dns::Destination d) {
+                reply(control::dns_report(domain, route_text, d));
+            });
+    });
 }
 
 void Server::schedule_pending() {

@@ -23,7 +23,9 @@
 
 #include <chrono>
 #include <functional>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -95,6 +97,12 @@ class Server {
     std::unique_ptr<stats::StatsServer> stats_;
     std::unique_ptr<storage::MapReader> explain_maps_;  // this thread only: explain's view
     uv_async_t switched_{};     // a shard switched generation (shard threads -> here)
+    // Work that shards hand back to this loop (a `dns` reply), drained by inbox_async_.
+    uv_async_t inbox_async_{};
+    std::mutex inbox_mu_;
+    std::vector<std::function<void()>> inbox_;
+    void post_here(std::function<void()> fn);
+    void dns_command(const nlohmann::json& body, control::ControlServer::Respond respond);
     uv_timer_t drain_check_{};  // while stopping: have the shards finished?
     std::chrono::steady_clock::time_point started_;
     double start_unix_ = 0;

@@ -90,6 +90,11 @@ void Shard::run() {
     // Log lines of one loop iteration go out in one write (common/log.hpp).
     set_thread_log_batching(true);
     local_delivery_ = std::make_unique<LocalDelivery>(&loop_, index_, &metrics_);
+    resolver_ = std::make_unique<dns::Resolver>(&loop_, &metrics_);
+    if (auto e = resolver_->start(dns::resolver_options(*snapshot_->config)); !e.empty()) {
+        // Without a resolver, delivery by MX defers (4.4.3); everything else works.
+        LogLine(Level::error, "dns_failed", index_).kv("error", e);
+    }
     if (spool_ != nullptr) {
         outbound_ = std::make_unique<Outbound>(*this, *spool_);
     }
@@ -107,6 +112,7 @@ void Shard::run() {
     }
     uv_run(&loop_, UV_RUN_DEFAULT);
     outbound_.reset();
+    resolver_.reset();
     set_thread_log_batching(false);
     // Every handle is closed by now; uv_loop_close verifies it.
     int rc = uv_loop_close(&loop_);
@@ -192,6 +198,11 @@ void Shard::open_listener(std::size_t index, std::string address, int fd) {
 
 void Shard::set_snapshot(std::shared_ptr<const Snapshot> s,
                          std::vector<std::pair<std::string, int>> added) {
+    if (resolver_ && !draining_) {
+        if (auto e = resolver_->reconfigure(dns::resolver_options(*s->config)); !e.empty()) {
+            LogLine(Level::error, "dns_failed", index_).kv("error", e);
+        }
+    }
     const auto& wanted = s->config->listeners;
     auto position = [&wanted](const std::string& address) -> std::optional<std::size_t> {
         for (std::size_t i = 0; i < wanted.size(); ++i) {
@@ -251,6 +262,9 @@ void Shard::drain(Millis grace) {
     }
     if (outbound_) {
         outbound_->drain();
+    }
+    if (resolver_) {
+        resolver_->close();  // lookups in flight end as temporary failures
     }
     uv_timer_start(
         &grace_,

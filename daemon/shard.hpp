@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "daemon/dns/resolver.hpp"
 #include "daemon/limiter.hpp"
 #include "daemon/local_delivery.hpp"
 #include "daemon/metrics.hpp"
@@ -99,6 +100,8 @@ class Shard {
     ConnectionLimiter& limiter() { return *limiter_; }
     LocalDelivery& local_delivery() { return *local_delivery_; }
     Outbound* outbound() { return outbound_.get(); }
+    // The shard's DNS resolver (null once drained or when it could not start).
+    dns::Resolver* resolver() { return resolver_.get(); }
     storage::Spool* spool() { return spool_; }
     auth::AuthThrottle* auth_throttle() { return auth_throttle_; }
     char* read_buffer() { return read_buffer_.data(); }
@@ -141,6 +144,7 @@ class Shard {
     std::unique_ptr<LocalDelivery> local_delivery_;
     storage::Spool* spool_;
     auth::AuthThrottle* auth_throttle_;
+    std::unique_ptr<dns::Resolver> resolver_;  // before outbound_: it outlives it
     std::unique_ptr<Outbound> outbound_;  // forwarding from the spool (null without one)
     std::vector<std::unique_ptr<Listener>> listeners_;
     std::vector<Connection*> connections_;  // unordered; index kept in each Connection

@@ -120,6 +120,9 @@ Totals collect(const std::vector<const ShardMetrics*>& shards, const ServerNumbe
     std::array<std::uint64_t, kDurationBuckets.size()> buckets{};
     std::uint64_t count = 0;
     std::uint64_t sum_ms = 0;
+    std::array<std::uint64_t, kDnsBuckets.size()> dns_buckets{};
+    std::uint64_t dns_count = 0;
+    std::uint64_t dns_sum_us = 0;
     for (const ShardMetrics* m : shards) {
         {
             std::lock_guard lock(m->listeners_mu);
@@ -145,6 +148,15 @@ Totals collect(const std::vector<const ShardMetrics*>& shards, const ServerNumbe
         add_all(t.tls_handshakes, m->tls_handshakes);
         add_all(t.tls_out_handshakes, m->tls_out_handshakes);
         add_all(t.auth, m->auth);
+        t.dns_queries += m->dns_queries.get();
+        add_all(t.dns_answers, m->dns_answers);
+        t.dns_cache_hits += m->dns_cache_hits.get();
+        t.dns_cache_misses += m->dns_cache_misses.get();
+        t.dns_cache_entries += m->dns_cache_entries.get();
+        t.dns_cache_bytes += m->dns_cache_bytes.get();
+        dns_count += m->dns_latency_count.get();
+        dns_sum_us += m->dns_latency_sum_us.get();
+        add_all(dns_buckets, m->dns_latency_buckets);
         t.bytes_received += m->bytes_received.get();
         // The count is read before the buckets: observe_duration() adds to the bucket first,
         // so a racing observation can only make the buckets run ahead, which the max below
@@ -161,6 +173,13 @@ Totals collect(const std::vector<const ShardMetrics*>& shards, const ServerNumbe
     }
     t.duration_count = std::max(count, running);
     t.duration_sum = static_cast<double>(sum_ms) / 1000.0;
+    running = 0;
+    for (std::size_t i = 0; i < dns_buckets.size(); ++i) {
+        running += dns_buckets[i];
+        t.dns_latency_buckets[i] = running;
+    }
+    t.dns_latency_count = std::max(dns_count, running);
+    t.dns_latency_sum = static_cast<double>(dns_sum_us) / 1e6;
     return t;
 }
 
@@ -262,6 +281,31 @@ std::string render_prometheus(const Totals& t) {
     w.sample("sluice_session_duration_seconds_bucket", "le=\"+Inf\"", t.duration_count);
     w.sample("sluice_session_duration_seconds_sum", "", seconds(t.duration_sum));
     w.sample("sluice_session_duration_seconds_count", "", t.duration_count);
+
+    w.family("sluice_dns_queries_total", "counter", "DNS queries sent by the shards' resolvers.");
+    w.sample("sluice_dns_queries_total", "", t.dns_queries);
+    w.family("sluice_dns_answers_total", "counter",
+             "DNS answers by rcode (timeout and malformed: no usable answer).");
+    for (std::size_t i = 0; i < t.dns_answers.size(); ++i) {
+        w.sample("sluice_dns_answers_total",
+                 "rcode=\"" + std::string(result_name(static_cast<DnsAnswer>(i))) + "\"",
+                 t.dns_answers[i]);
+    }
+    w.family("sluice_dns_cache_lookups_total", "counter", "Resolver cache lookups, by result.");
+    w.sample("sluice_dns_cache_lookups_total", "result=\"hit\"", t.dns_cache_hits);
+    w.sample("sluice_dns_cache_lookups_total", "result=\"miss\"", t.dns_cache_misses);
+    w.family("sluice_dns_cache_entries", "gauge", "Answers held by the resolvers' caches.");
+    w.sample("sluice_dns_cache_entries", "", std::to_string(t.dns_cache_entries));
+    w.family("sluice_dns_cache_bytes", "gauge", "Memory held by the resolvers' caches (estimate).");
+    w.sample("sluice_dns_cache_bytes", "", std::to_string(t.dns_cache_bytes));
+    w.family("sluice_dns_query_seconds", "histogram", "Latency of DNS queries sent.");
+    for (std::size_t i = 0; i < kDnsBuckets.size(); ++i) {
+        w.sample("sluice_dns_query_seconds_bucket", "le=\"" + number(kDnsBuckets[i]) + "\"",
+                 t.dns_latency_buckets[i]);
+    }
+    w.sample("sluice_dns_query_seconds_bucket", "le=\"+Inf\"", t.dns_latency_count);
+    w.sample("sluice_dns_query_seconds_sum", "", seconds(t.dns_latency_sum));
+    w.sample("sluice_dns_query_seconds_count", "", t.dns_latency_count);
     return w.take();
 }
 
@@ -305,6 +349,18 @@ nlohmann::json to_json(const Totals& t) {
     buckets["+Inf"] = t.duration_count;
     j["session_duration_seconds"] = {
         {"buckets", buckets}, {"sum", t.duration_sum}, {"count", t.duration_count}};
+    j["dns"] = {{"queries", t.dns_queries},
+                {"answers", [&t] {
+                     auto a = json::object();
+                     for (std::size_t i = 0; i < t.dns_answers.size(); ++i) {
+                         a[std::string(result_name(static_cast<DnsAnswer>(i)))] = t.dns_answers[i];
+                     }
+                     return a;
+                 }()},
+                {"cache_hits", t.dns_cache_hits},
+                {"cache_misses", t.dns_cache_misses},
+                {"cache_entries", t.dns_cache_entries},
+                {"cache_bytes", t.dns_cache_bytes}};
     j["shard_generations"] = t.shard_generations;
     return j;
 }

@@ -78,6 +78,16 @@ struct Totals {
     ByResult<TlsResult> tls_handshakes{};
     ByResult<TlsResult> tls_out_handshakes{};
     ByResult<AuthResult> auth{};
+    // The shards' resolvers.
+    std::uint64_t dns_queries = 0;
+    ByResult<DnsAnswer> dns_answers{};
+    std::uint64_t dns_cache_hits = 0;
+    std::uint64_t dns_cache_misses = 0;
+    std::int64_t dns_cache_entries = 0;
+    std::int64_t dns_cache_bytes = 0;
+    std::array<std::uint64_t, kDnsBuckets.size()> dns_latency_buckets{};  // cumulative
+    std::uint64_t dns_latency_count = 0;
+    double dns_latency_sum = 0;
     std::uint64_t bytes_received = 0;
     std::array<std::uint64_t, kDurationBuckets.size()> duration_buckets{};  // cumulative
     std::uint64_t duration_count = 0;                                       // also the +Inf bucket

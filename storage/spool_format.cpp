@@ -212,7 +212,7 @@ bool get_transport(Reader& r, Transport& t) {
         !r.u8(inl) || !r.str(t.text)) {
         return false;
     }
-    if (kind > static_cast<std::uint8_t>(Transport::Kind::maildir) ||
+    if (kind > static_cast<std::uint8_t>(Transport::Kind::mx) ||
         tls > static_cast<std::uint8_t>(TlsMode::implicit) || inl > 1) {
         return false;
     }

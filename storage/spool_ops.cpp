@@ -47,6 +47,9 @@ std::string transport_text(const Transport& t) {
     if (!t.text.empty()) {
         return t.text;
     }
+    if (t.kind == Transport::Kind::mx) {
+        return "mx";
+    }
     return t.kind == Transport::Kind::maildir ? "maildir:" + t.path
                                               : "smtp://" + t.host + ":" + std::to_string(t.port);
 }

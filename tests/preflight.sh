@@ -42,6 +42,8 @@ need python3-pytest "Python module pytest" py_module pytest
 need python3-aiosmtpd "Python module aiosmtpd" py_module aiosmtpd.controller
 need python3-prometheus-client "Python module prometheus_client" \
     py_module prometheus_client.parser
+need python3-dnslib "Python module dnslib (the tests' DNS server)" py_module dnslib.server
+need libc-ares-dev "c-ares headers (the resolver)" test -f /usr/include/ares.h
 need ca-certificates "the system CA store" test -s /etc/ssl/certs/ca-certificates.crt
 need haproxy "haproxy (a real load balancer sending PROXY v1/v2 headers)" haproxy -v
 need util-linux "setpriv (clients run as user nobody)" command -v setpriv

@@ -1,4 +1,4 @@
-// sluicectl reload | status | stats | explain: the commands that ask the running daemon
+// sluicectl reload | status | stats | explain | dns: the commands that ask the running daemon
 // (README.md), over its control socket (daemon/control.hpp, tools/control_client.hpp).
 //
 // Trust: run by the operator; arguments are validated here and again by the daemon.
@@ -44,6 +44,15 @@ constexpr const char* kStatsHelp =
     "The daemon's counters: the same numbers as GET /metrics on the stats address\n"
     "(connections by listener and result, decisions by code, messages, bytes, deliveries,\n"
     "TLS, AUTH, reloads, session durations), one 'name value' a line, or JSON.\n";
+
+constexpr const char* kDnsHelp =
+    "usage: sluicectl [--config FILE] [--json] dns DOMAIN [--socket PATH]\n"
+    "\n"
+    "Asks the running sluiced what delivery by MX would do for DOMAIN now, through the\n"
+    "resolver and cache of its first shard: the MX hosts by preference with their status\n"
+    "and addresses (with the TTL left in the cache), the addresses a delivery would try in\n"
+    "order, or the verdict (null MX, NXDOMAIN, a loop back to this host, a DNS failure)\n"
+    "and the reply it gives. Exit 1 when the daemon cannot answer.\n";
 
 constexpr const char* kExplainHelp =
     "usage: sluicectl [--config FILE] [--json] explain --client IP --from ADDR --to ADDR\n"
@@ -304,6 +313,64 @@ int cmd_stats(const Args& args, const Options& opts) {
     }
     for (const auto& [k, v] : rows) {
         std::cout << k << std::string(width + 2 - k.size(), ' ') << v << "\n";
+    }
+    return kOk;
+}
+
+int cmd_dns(const Args& args, const Options& opts) {
+    if (wants_help(args)) {
+        std::cout << kDnsHelp;
+        return kOk;
+    }
+    Common c;
+    std::string error;
+    if (!common_args(args, c, error)) {
+        return fail(error);
+    }
+    if (c.rest.size() != 1 || c.rest[0].empty() || c.rest[0][0] == '-') {
+        return fail("dns needs one DOMAIN (see sluicectl dns --help)");
+    }
+    int code = kOk;
+    auto reply = ask(opts, c, json{{"cmd", "dns"}, {"domain", c.rest[0]}}, 60s, code);
+    if (!reply) {
+        return code;
+    }
+    if (!reply->value("ok", false)) {
+        return fail("dns: " + reply->value("error", std::string("failed")), kProblem);
+    }
+    if (opts.json) {
+        print_json(*reply);
+        return kOk;
+    }
+    const json& r = *reply;
+    std::cout << "domain:   " << r.value("domain", "") << "\n";
+    std::cout << "route:    " << (r.value("route", "").empty() ? "-" : r.value("route", ""))
+              << "\n";
+    std::cout << "verdict:  " << r.value("verdict", "");
+    if (r.contains("reply")) {
+        std::cout << " (" << r.value("reply", "") << ")";
+    }
+    std::cout << "\n";
+    std::cout << "mx:       "
+              << (r.value("null_mx", false)       ? "null MX (RFC 7505)"
+                  : r.value("implicit_mx", false) ? "none: the domain's own addresses"
+                                                  : "")
+              << (r.value("null_mx", false) || r.value("implicit_mx", false) ? "" : "listed")
+              << ", ttl " << r.value("mx_ttl", 0) << "s\n";
+    for (const auto& h : r.value("hosts", json::array())) {
+        std::cout << "  " << h.value("preference", 0) << " " << h.value("host", "") << " "
+                  << h.value("status", "");
+        if (!h.value("canonical", "").empty() && h.value("canonical", "") != h.value("host", "")) {
+            std::cout << " (CNAME " << h.value("canonical", "") << ")";
+        }
+        std::cout << "\n";
+        for (const auto& a : h.value("addresses", json::array())) {
+            std::cout << "      " << a.value("address", "") << "  ttl " << a.value("ttl", 0)
+                      << "s\n";
+        }
+    }
+    for (const auto& t : r.value("try", json::array())) {
+        std::cout << "try:      " << t.get<std::string>() << "\n";
     }
     return kOk;
 }

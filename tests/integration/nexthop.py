@@ -40,8 +40,9 @@ class Recorder:
 class NextHop:
     """Start with .start(port); stop with .stop(). Records into .recorder."""
 
-    def __init__(self, port):
+    def __init__(self, port, host="127.0.0.1"):
         self.port = port
+        self.host = host
         self.recorder = Recorder()
         self.controller = None
 
@@ -52,7 +53,7 @@ class NextHop:
             def factory(self):
                 return Server(self.handler, enable_SMTPUTF8=True, decode_data=False)
 
-        self.controller = C(rec, hostname="127.0.0.1", port=self.port, data_size_limit=64 << 20)
+        self.controller = C(rec, hostname=self.host, port=self.port, data_size_limit=64 << 20)
         self.controller.start()
         return self
 

@@ -234,3 +234,46 @@ TEST(Config, SpoolGroupCommitKeys) {
               std::string::npos)
         << s;
 }
+
+TEST(Config, DnsSectionDefaultsAndMxRoutes) {
+    auto r = load_config_text(kGood, "/etc/sluice/sluice.toml");
+    ASSERT_TRUE(r.ok()) << all(r);
+    const auto& d = r.config->dns;
+    EXPECT_TRUE(d.servers.empty());  // /etc/resolv.conf
+    EXPECT_EQ(d.timeout, Millis(5000));
+    EXPECT_EQ(d.attempts, 3u);
+    EXPECT_EQ(d.cache_entries, 100000u);
+    EXPECT_EQ(d.cache_memory, 64u << 20);
+    EXPECT_EQ(d.min_ttl, Millis(0));
+    EXPECT_EQ(d.max_ttl, Millis(86'400'000));
+    EXPECT_FALSE(d.prefer_ipv4);
+    EXPECT_EQ(d.mx_addresses, 5u);
+
+    std::string text = std::string(kGood) +
+                       "\"other.test\" = \"mx?starttls=required\"\n"
+                       "[dns]\nservers = [\"127.0.0.1:5353\", \"[::1]:53\", \"192.0.2.1\"]\n"
+                       "timeout = \"500ms\"\nprefer = \"ipv4\"\nmax_ttl = \"1h\"\n";
+    auto m = load_config_text(text, "/etc/sluice/sluice.toml");
+    ASSERT_TRUE(m.ok()) << all(m);
+    EXPECT_EQ(m.config->dns.servers.size(), 3u);
+    EXPECT_TRUE(m.config->dns.prefer_ipv4);
+    const Route* route = m.config->route_for("other.test");
+    ASSERT_NE(route, nullptr);
+    EXPECT_EQ(route->transport.kind, Transport::Kind::mx);
+    EXPECT_EQ(route->transport.port, 25);
+    EXPECT_EQ(route->transport.starttls, TlsMode::required);
+}
+
+TEST(Config, DnsSectionErrors) {
+    std::string text = std::string(kGood) +
+                       "\"other.test\" = \"mx?bogus=1\"\n"
+                       "[dns]\nservers = [\"dns.example\"]\nattempts = 0\n"
+                       "min_ttl = \"30m\"\nmax_ttl = \"10m\"\n";
+    auto r = load_config_text(text, "/etc/sluice/sluice.toml");
+    EXPECT_FALSE(r.ok());
+    auto s = all(r);
+    EXPECT_NE(s.find("unknown option \"bogus=1\""), std::string::npos) << s;
+    EXPECT_NE(s.find("dns.servers: \"dns.example\" is not IP"), std::string::npos) << s;
+    EXPECT_NE(s.find("dns.attempts: 0 (allowed 1..10) is out of range"), std::string::npos) << s;
+    EXPECT_NE(s.find("dns.min_ttl: longer than dns.max_ttl"), std::string::npos) << s;
+}
