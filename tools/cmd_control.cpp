@@ -260,6 +260,19 @@ int cmd_status(const Args& args, const Options& opts) {
     std::cout << "shards:      " << r.value("shards", 0) << "\n";
     std::cout << "sessions:    " << r.value("sessions_active", 0) << " active\n";
     std::cout << "queue:       " << r.value("queue_messages", 0) << " messages\n";
+    if (r.contains("spool") && r["spool"].is_object()) {
+        const json& sp = r["spool"];
+        std::string state = sp.value("state", std::string("?"));
+        const char* what = state == "ok"     ? "accepting"
+                           : state == "low"  ? "new mail refused (452 4.3.1): below spool.min_free or at spool.max_size"
+                           : state == "full" ? "new mail refused (452 4.3.1): disk full, reserve in use"
+                           : state == "failing"
+                               ? "new mail refused (452 4.3.1): disk writes fail"
+                               : "";
+        std::cout << "spool:       " << state << " (" << what << "), "
+                  << sp.value("free_bytes", std::uint64_t{0}) / (1024 * 1024) << " MiB free, reserve "
+                  << sp.value("reserve_bytes", std::uint64_t{0}) / 1024 << " KiB\n";
+    }
     std::string stats = r.value("stats_address", std::string());
     std::cout << "stats:       " << (stats.empty() ? "off" : "http://" + stats + "/metrics")
               << "\n";
