@@ -9,6 +9,7 @@
 
 #include "common/log.hpp"
 #include "policy/policy.hpp"
+#include "storage/spool.hpp"
 
 namespace sluice::stats {
 namespace {
@@ -221,9 +222,9 @@ std::string render_prometheus(const Totals& t) {
              "The spool's disk: 1 for the state it is in. ok: accepting; low: below "
              "spool.min_free or at spool.max_size; full: out of space (ENOSPC/EDQUOT); "
              "failing: writes or fdatasync fail (EIO). New mail gets 452 4.3.1 unless ok.");
-    for (const char* s : {"ok", "low", "full", "failing"}) {
-        w.sample("sluice_spool_state", "state=\"" + std::string(s) + "\"",
-                 static_cast<std::uint64_t>(t.server.spool_state == s ? 1 : 0));
+    for (const auto& row : storage::kSpoolStates) {
+        w.sample("sluice_spool_state", "state=\"" + std::string(row.name) + "\"",
+                 static_cast<std::uint64_t>(t.server.spool_state == row.name ? 1 : 0));
     }
     w.family("sluice_spool_free_bytes", "gauge", "Free space on the spool's file system.");
     w.sample("sluice_spool_free_bytes", "", t.server.spool_free_bytes);

@@ -54,15 +54,10 @@ int SpoolIo::fallocate(int fd, off_t length) {
 }
 
 const char* to_string(SpoolState s) {
-    switch (s) {
-        case SpoolState::ok:
-            return "ok";
-        case SpoolState::low:
-            return "low";
-        case SpoolState::full:
-            return "full";
-        case SpoolState::failing:
-            return "failing";
+    for (const auto& row : kSpoolStates) {
+        if (row.state == s) {
+            return row.name;
+        }
     }
     return "?";
 }
@@ -410,37 +405,33 @@ struct Spool::Impl {
                free_bytes.load() < opts.min_free_bytes;
     }
 
-    // The disk failed with `err` (ENOSPC/EDQUOT: full; anything else: failing). One log
-    // line per change of state, never one per failure.
-    void disk_error(int err, std::string_view where, bool failed_call = true) {
-        n_write_errors += failed_call ? 1 : 0;
-        SpoolState to = is_no_space(err) ? SpoolState::full : SpoolState::failing;
-        std::int64_t wait = backoff_ms.load();
-        probe_at_ns = now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                     Millis(wait)).count();
-        SpoolState was = hard.exchange(to);
-        if (was != to) {
-            LogLine(Level::error, "spool_state")
-                .kv("state", to_string(to))
-                .kv("was", to_string(was))
-                .kv("error", std::strerror(err))
-                .kv("where", where)
-                .kv("free", free_bytes.load())
-                .kv("reserve", reserve_have.load());
+    // Every change of the disk state passes here: one log line per change, never one per
+    // failure. `err` is the errno that caused it (0: `why` says it).
+    void change_state(SpoolState to, int err, std::string_view why) {
+        if (to == SpoolState::ok) {
+            backoff_ms = kRetryBackoff.count();
         }
+        SpoolState was = hard.exchange(to);
+        if (was == to) {
+            return;
+        }
+        LogLine line(to == SpoolState::ok ? Level::info : Level::error, "spool_state");
+        line.kv("state", to_string(to)).kv("was", to_string(was));
+        if (err != 0) {
+            line.kv("error", std::strerror(err)).kv("where", why);
+        } else {
+            line.kv("why", why);
+        }
+        line.kv("free", free_bytes.load()).kv("reserve", reserve_have.load());
     }
 
-    void set_ok(std::string_view why) {
-        backoff_ms = kRetryBackoff.count();
-        SpoolState was = hard.exchange(SpoolState::ok);
-        if (was != SpoolState::ok) {
-            LogLine(Level::info, "spool_state")
-                .kv("state", "ok")
-                .kv("was", to_string(was))
-                .kv("why", why)
-                .kv("free", free_bytes.load())
-                .kv("reserve", reserve_have.load());
-        }
+    // The disk failed with `err` (ENOSPC/EDQUOT: full; anything else: failing).
+    // `failed_call`: a system call failed (counted), not a message that no longer fits.
+    void disk_error(int err, std::string_view where, bool failed_call = true) {
+        n_write_errors += failed_call ? 1 : 0;
+        probe_at_ns = now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     Millis(backoff_ms.load())).count();
+        change_state(is_no_space(err) ? SpoolState::full : SpoolState::failing, err, where);
     }
 
     std::string reserve_path() const { return opts.dir + "/reserve"; }
@@ -551,14 +542,7 @@ struct Spool::Impl {
         std::uint64_t need = opts.reserve_bytes > have ? opts.reserve_bytes - have : 0;
         if (free_bytes.load() < opts.min_free_bytes + need + opts.reserve_bytes) {
             if (h == SpoolState::failing) {
-                // It writes again, but space is short.
-                SpoolState was = hard.exchange(SpoolState::full);
-                LogLine(Level::warn, "spool_state")
-                    .kv("state", "full")
-                    .kv("was", to_string(was))
-                    .kv("why", "probe ok, space short")
-                    .kv("free", free_bytes.load())
-                    .kv("reserve", have);
+                change_state(SpoolState::full, 0, "probe ok, space short");
             }
             return;
         }
@@ -566,7 +550,7 @@ struct Spool::Impl {
             return;
         }
         refresh_free_space();
-        set_ok(h == SpoolState::failing ? "probe ok" : "space back");
+        change_state(SpoolState::ok, 0, h == SpoolState::failing ? "probe ok" : "space back");
     }
 
     // ------------------------------------------------- index bookkeeping (index_mu)

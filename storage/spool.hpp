@@ -105,13 +105,25 @@ class SpoolIo {
     virtual int fallocate(int fd, off_t length);  // posix_fallocate from 0 (errno set)
 };
 
-// What the spool's disk lets it do (one gauge value each, see daemon/stats.cpp).
-enum class SpoolState : std::uint8_t {
-    ok,       // accepting
-    low,      // free space below min_free_bytes or max_bytes reached: new mail refused
-    full,     // the disk ran out of space (ENOSPC/EDQUOT): new mail refused, reserve in use
-    failing,  // writes or fdatasync fail (EIO...): new mail refused until a probe succeeds
+// What the spool's disk lets it do. One row per state in kSpoolStates (its name in logs,
+// metrics and status, and what it means for an operator).
+enum class SpoolState : std::uint8_t { ok, low, full, failing };
+
+struct SpoolStateInfo {
+    SpoolState state;
+    const char* name;
+    const char* meaning;
 };
+
+inline constexpr SpoolStateInfo kSpoolStates[] = {
+    {SpoolState::ok, "ok", "accepting"},
+    {SpoolState::low, "low",
+     "new mail refused (452 4.3.1): below spool.min_free or at spool.max_size"},
+    {SpoolState::full, "full", "new mail refused (452 4.3.1): disk full, reserve in use"},
+    {SpoolState::failing, "failing",
+     "new mail refused (452 4.3.1): disk writes fail, probed until they work"},
+};
+
 const char* to_string(SpoolState s);
 
 struct SpoolOptions {

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <string>
 
+#include "storage/spool.hpp"  // kSpoolStates: what each state means
 #include "tools/control_client.hpp"
 #include "tools/ctl.hpp"
 
@@ -263,12 +264,10 @@ int cmd_status(const Args& args, const Options& opts) {
     if (r.contains("spool") && r["spool"].is_object()) {
         const json& sp = r["spool"];
         std::string state = sp.value("state", std::string("?"));
-        const char* what = state == "ok"     ? "accepting"
-                           : state == "low"  ? "new mail refused (452 4.3.1): below spool.min_free or at spool.max_size"
-                           : state == "full" ? "new mail refused (452 4.3.1): disk full, reserve in use"
-                           : state == "failing"
-                               ? "new mail refused (452 4.3.1): disk writes fail"
-                               : "";
+        std::string what;
+        for (const auto& row : storage::kSpoolStates) {
+            what = state == row.name ? row.meaning : what;
+        }
         std::cout << "spool:       " << state << " (" << what << "), "
                   << sp.value("free_bytes", std::uint64_t{0}) / (1024 * 1024) << " MiB free, reserve "
                   << sp.value("reserve_bytes", std::uint64_t{0}) / 1024 << " KiB\n";

@@ -243,14 +243,14 @@ int close(int fd) {
     return r(fd);
 }
 
-#define FD_CALL(ret, name, op, params, args)          \
-    ret name params {                                 \
-        static auto r = real<ret(*) params>(#name);   \
-        if (int e = fd_fault(fd, op); e != 0) {       \
-            errno = e;                                \
-            return -1;                                \
-        }                                             \
-        return r args;                                \
+#define FD_CALL(ret, name, op, params, args)        \
+    ret name params {                               \
+        static auto r = real<ret(*) params>(#name); \
+        if (int e = fd_fault(fd, op); e != 0) {     \
+            errno = e;                              \
+            return -1;                              \
+        }                                           \
+        return r args;                              \
     }
 
 FD_CALL(ssize_t, write, "write", (int fd, const void* buf, size_t n), (fd, buf, n))
@@ -266,8 +266,7 @@ FD_CALL(int, fdatasync, "fdatasync", (int fd), (fd))
 FD_CALL(int, fsync, "fsync", (int fd), (fd))
 FD_CALL(int, ftruncate, "ftruncate", (int fd, off_t len), (fd, len))
 FD_CALL(int, ftruncate64, "ftruncate", (int fd, off64_t len), (fd, len))
-FD_CALL(int, fallocate, "fallocate", (int fd, int mode, off_t off, off_t len),
-        (fd, mode, off, len))
+FD_CALL(int, fallocate, "fallocate", (int fd, int mode, off_t off, off_t len), (fd, mode, off, len))
 
 // posix_fallocate returns the error instead of setting errno.
 int posix_fallocate(int fd, off_t off, off_t len) {
