@@ -35,7 +35,7 @@
 //   next message) or a failing one (EIO or any other write/fdatasync error) is a state the
 //   spool is in, not an error it retries: while it lasts admission() says no, messages are
 //   refused before they touch the disk (no new segment, no new big file), and only outcome
-//   records and operator actions are written, backing off after each failure (1 s doubling
+//   records and operator actions are written, backing off after each failure (250 ms doubling
 //   to 30 s). A full spool leaves the state by itself once the free space is back (a
 //   drained active segment is sealed and reclaimed when space is short, so delivering the
 //   queue is enough); a failing one once a probe write and fdatasync succeed again.
