@@ -9,7 +9,7 @@ BUILD ?= build
 DEBS_BUILD := build-essential pkg-config meson ninja-build libuv1-dev libmbedtls-dev liblmdb-dev \
         libtomlplusplus-dev libgtest-dev libbenchmark-dev libcrypt-dev nlohmann-json3-dev zlib1g-dev \
         libc-ares-dev
-DEBS_TEST := lmdb-utils postfix swaks libnet-ssleay-perl libauthen-sasl-perl \
+DEBS_TEST := lmdb-utils mount postfix swaks libnet-ssleay-perl libauthen-sasl-perl \
         libio-socket-inet6-perl python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl \
         ca-certificates haproxy util-linux python3-dnslib
 DEBS_SLOW := testssl.sh bsdextrautils dnsutils procps

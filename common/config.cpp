@@ -179,6 +179,8 @@ const Key<Config> config_keys[] = {
         [](Config& c, const Value& v) { c.spool.max_size = v.u; }},
     {"spool", "min_free", Kind::size, "256MiB", 0, 1ll << 50, "", "free disk space below which new mail gets 452 4.3.1",
         [](Config& c, const Value& v) { c.spool.min_free = v.u; }},
+    {"spool", "reserve", Kind::size, "4MiB", 64 * 1024, 1ll << 30, "", "disk space the spool holds back (the file DIR/reserve) and gives up when the disk fills, so that delivery outcomes can still be recorded (a message the next hop took is not sent again after a restart)",
+        [](Config& c, const Value& v) { c.spool.reserve = v.u; }},
     {"spool", "syncs_in_flight", Kind::integer, "1", 1, 16, "", "group-commit batches in fdatasync at once (1: fewest fsyncs; more: lower latency)",
         [](Config& c, const Value& v) { c.spool.syncs_in_flight = static_cast<std::uint32_t>(v.i); }},
     {"spool", "commit_delay", Kind::duration, "1ms", 0, 100, "", "how long a commit may wait for the commits of other sessions already in a transaction, to share one fdatasync; \"0ms\": never wait",

@@ -141,6 +141,7 @@ struct Config {
         Millis max_age;
         std::uint64_t max_size;         // 0: unlimited
         std::uint64_t min_free;         // free disk below this: new mail gets 452 4.3.1
+        std::uint64_t reserve;          // held back for outcome records on a full disk
         std::uint32_t syncs_in_flight;  // group-commit batches in fdatasync at once
         Millis commit_delay;            // group commit: wait this long for expected company
     } spool;

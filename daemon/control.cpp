@@ -319,6 +319,11 @@ json status(const Config& config, const StatusInfo& info) {
     j["listeners"] = listeners;
     j["sessions_active"] = info.sessions_active;
     j["queue_messages"] = info.queue_messages;
+    if (!info.spool_state.empty()) {
+        j["spool"] = {{"state", info.spool_state},
+                      {"free_bytes", info.spool_free_bytes},
+                      {"reserve_bytes", info.spool_reserve_bytes}};
+    }
     j["draining"] = info.draining;
     j["reload_in_progress"] = info.reload_in_progress;
     j["stats_address"] = info.stats_address;

@@ -131,6 +131,9 @@ struct StatusInfo {
     std::vector<std::uint64_t> shard_generations;
     std::int64_t sessions_active = 0;
     std::uint64_t queue_messages = 0;
+    std::string spool_state;  // storage::SpoolState as text; "" without a spool
+    std::uint64_t spool_free_bytes = 0;
+    std::uint64_t spool_reserve_bytes = 0;
     bool draining = false;
     bool reload_in_progress = false;
     std::string stats_address;  // "" when off

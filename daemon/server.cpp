@@ -195,6 +195,7 @@ int Server::run(std::shared_ptr<const Config> config) {
     so.dir = config->spool.dir;
     so.max_bytes = config->spool.max_size;
     so.min_free_bytes = config->spool.min_free;
+    so.reserve_bytes = config->spool.reserve;
     so.syncs_in_flight = config->spool.syncs_in_flight;
     so.commit_delay = config->spool.commit_delay;
     auto opened = storage::Spool::open(so);
@@ -408,6 +409,10 @@ stats::Totals Server::totals() {
         n.spool_fsyncs = st.fsyncs;
         n.spool_commit_ns = st.commit_ns;
         n.transactions_open = st.expected;
+        n.spool_state = storage::to_string(st.state);
+        n.spool_free_bytes = st.free_bytes;
+        n.spool_reserve_bytes = st.reserve_bytes;
+        n.spool_write_errors = st.write_errors;
     }
     n.stats_evicted = stats_ ? stats_->evicted() : 0;
     n.control_evicted = control_ ? control_->evicted() : 0;
@@ -430,6 +435,12 @@ void Server::handle_control(control::Request request, control::ControlServer::Re
                 info.sessions_active += s->metrics().sessions_active.get();
             }
             info.queue_messages = spool_ ? spool_->size() : 0;
+            if (spool_) {
+                auto st = spool_->stats();
+                info.spool_state = storage::to_string(st.state);
+                info.spool_free_bytes = st.free_bytes;
+                info.spool_reserve_bytes = st.reserve_bytes;
+            }
             info.draining = stopping_;
             info.reload_in_progress = reload_running_;
             const auto& st = snapshot_->config->stats.address;

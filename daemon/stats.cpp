@@ -9,6 +9,7 @@
 
 #include "common/log.hpp"
 #include "policy/policy.hpp"
+#include "storage/spool.hpp"
 
 namespace sluice::stats {
 namespace {
@@ -236,6 +237,23 @@ std::string render_prometheus(const Totals& t) {
     w.sample("sluice_spool_batches_total", "", t.server.spool_batches);
     w.family("sluice_spool_fsyncs_total", "counter", "fdatasync/fsync calls of the spool.");
     w.sample("sluice_spool_fsyncs_total", "", t.server.spool_fsyncs);
+    w.family("sluice_spool_state", "gauge",
+             "The spool's disk: 1 for the state it is in. ok: accepting; low: below "
+             "spool.min_free or at spool.max_size; full: out of space (ENOSPC/EDQUOT); "
+             "failing: writes or fdatasync fail (EIO). New mail gets 452 4.3.1 unless ok.");
+    for (const auto& row : storage::kSpoolStates) {
+        w.sample("sluice_spool_state", "state=\"" + std::string(row.name) + "\"",
+                 static_cast<std::uint64_t>(t.server.spool_state == row.name ? 1 : 0));
+    }
+    w.family("sluice_spool_free_bytes", "gauge", "Free space on the spool's file system.");
+    w.sample("sluice_spool_free_bytes", "", t.server.spool_free_bytes);
+    w.family("sluice_spool_reserve_bytes", "gauge",
+             "Space the spool holds back for outcome records (spool.reserve; 0 while a full "
+             "disk uses it).");
+    w.sample("sluice_spool_reserve_bytes", "", t.server.spool_reserve_bytes);
+    w.family("sluice_spool_write_errors_total", "counter",
+             "Spool writes, fdatasyncs and file creations that failed.");
+    w.sample("sluice_spool_write_errors_total", "", t.server.spool_write_errors);
     w.family("sluice_transactions_open", "gauge",
              "SMTP transactions past MAIL and not yet submitted (the company a commit may "
              "wait for, spool.commit_delay).");
@@ -333,7 +351,11 @@ nlohmann::json to_json(const Totals& t) {
     j["spool"] = {{"committed", t.server.spool_committed},
                   {"batches", t.server.spool_batches},
                   {"fsyncs", t.server.spool_fsyncs},
-                  {"commit_seconds", static_cast<double>(t.server.spool_commit_ns) / 1e9}};
+                  {"commit_seconds", static_cast<double>(t.server.spool_commit_ns) / 1e9},
+                  {"state", t.server.spool_state},
+                  {"free_bytes", t.server.spool_free_bytes},
+                  {"reserve_bytes", t.server.spool_reserve_bytes},
+                  {"write_errors", t.server.spool_write_errors}};
     j["transactions_open"] = t.server.transactions_open;
     j["clients_evicted"] = {{"stats", t.server.stats_evicted},
                             {"control", t.server.control_evicted}};

@@ -60,6 +60,11 @@ struct ServerNumbers {
     std::uint64_t stats_evicted = 0;
     std::uint64_t control_evicted = 0;
     std::int64_t transactions_open = 0;
+    // The spool's disk (storage::SpoolState as text: ok, low, full, failing).
+    std::string spool_state = "ok";
+    std::uint64_t spool_free_bytes = 0;
+    std::uint64_t spool_reserve_bytes = 0;
+    std::uint64_t spool_write_errors = 0;
     double start_time = 0;  // seconds since the Unix epoch
     std::string version;
 };

@@ -40,6 +40,28 @@ int SpoolIo::ftruncate(int fd, off_t length) {
     return ::ftruncate(fd, length);
 }
 
+int SpoolIo::open(const char* path, int flags, mode_t mode) {
+    return ::open(path, flags, mode);
+}
+
+int SpoolIo::fallocate(int fd, off_t length) {
+    int e = ::posix_fallocate(fd, 0, length);
+    if (e != 0) {
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+const char* to_string(SpoolState s) {
+    for (const auto& row : kSpoolStates) {
+        if (row.state == s) {
+            return row.name;
+        }
+    }
+    return "?";
+}
+
 std::size_t QueueEntry::live_recipients() const {
     return static_cast<std::size_t>(std::count_if(
         recipients.begin(), recipients.end(), [](const auto& r) { return !is_final(r.state); }));
@@ -51,7 +73,12 @@ using SteadyClock = std::chrono::steady_clock;
 
 constexpr std::uint64_t kNoSegment = 0;            // segment numbers start at 1
 constexpr std::size_t kMaxRecordsPerBatch = 8192;  // outcome records ride along, bounded
-constexpr Millis kRetryBackoff{1000};              // after a failed batch, for outcome records
+// After a failed batch, outcome records wait, and a failing disk is probed, after a back-off
+// that doubles from kRetryBackoff to kMaxBackoff: a disk that stays broken costs a few
+// writes a minute, never a loop.
+constexpr Millis kRetryBackoff{250};
+constexpr Millis kMaxBackoff{30'000};
+constexpr std::size_t kProbeBytes = 4096;          // a failing disk's probe: one block
 constexpr Millis kStatInterval{100};               // free-space refresh while busy
 constexpr Millis kIdleWake{1000};                  // ... and while idle
 constexpr std::uint64_t kMinLimitRotate = 64 * 1024;  // see append(): over spool.max_size
@@ -82,8 +109,12 @@ bool all_zero(int fd, std::uint64_t from, std::uint64_t to) {
     return true;
 }
 
+bool is_no_space(int err) {
+    return err == ENOSPC || err == EDQUOT;
+}
+
 CommitStatus status_of(int err) {
-    return (err == ENOSPC || err == EDQUOT) ? CommitStatus::no_space : CommitStatus::io_error;
+    return is_no_space(err) ? CommitStatus::no_space : CommitStatus::io_error;
 }
 
 std::string_view domain_of(std::string_view addr) {
@@ -226,6 +257,7 @@ struct Spool::Impl {
         std::size_t records = 0;
         int err = 0;        // write or fdatasync errno
         bool done = false;  // pipe_mu: durable or failed
+        bool cut_in_place = false;  // a write out of space, already cut off by the writer
     };
 
     SpoolOptions opts;
@@ -286,13 +318,22 @@ struct Spool::Impl {
 
     std::atomic<std::int64_t> last_stat_ns{0};
 
+    // Disk state (see spool.hpp): ok, full or failing; `low` is computed by state().
+    std::atomic<SpoolState> hard{SpoolState::ok};
+    std::atomic<std::int64_t> backoff_ms{kRetryBackoff.count()};  // next failure's back-off
+    std::atomic<std::int64_t> probe_at_ns{0};  // failing: when the writer probes the disk
+    // DIR/reserve (state_mu): space held back for outcome records on a full disk.
+    std::mutex state_mu;
+    Fd reserve_fd;
+    std::atomic<std::uint64_t> reserve_have{0};
+
     // Read anywhere.
     std::atomic<std::uint64_t> used_bytes{0};
     std::atomic<std::uint64_t> free_bytes{UINT64_MAX};
     std::atomic<std::uint64_t> live_count{0};
     std::atomic<std::uint64_t> n_commit_ns{0};
     std::atomic<std::uint64_t> n_committed{0}, n_failed{0}, n_batches{0}, n_fsyncs{0}, n_records{0},
-        n_recovered{0}, n_torn{0};
+        n_recovered{0}, n_torn{0}, n_write_errors{0};
 
     // ------------------------------------------------------------------ setup
 
@@ -351,6 +392,165 @@ struct Spool::Impl {
     bool stat_due() const {
         auto last = SteadyClock::time_point(SteadyClock::duration(last_stat_ns.load()));
         return SteadyClock::now() - last >= kStatInterval;
+    }
+
+    // ------------------------------------------------------------ disk state, reserve
+
+    static std::int64_t now_ns() { return SteadyClock::now().time_since_epoch().count(); }
+
+    // Space is short: new mail is refused (admission), so only outcome records can free it.
+    bool short_of_space() const {
+        return hard.load() != SpoolState::ok ||
+               (opts.max_bytes != 0 && used_bytes.load() >= opts.max_bytes) ||
+               free_bytes.load() < opts.min_free_bytes;
+    }
+
+    // Every change of the disk state passes here: one log line per change, never one per
+    // failure. `err` is the errno that caused it (0: `why` says it).
+    void change_state(SpoolState to, int err, std::string_view why) {
+        if (to == SpoolState::ok) {
+            backoff_ms = kRetryBackoff.count();
+        }
+        SpoolState was = hard.exchange(to);
+        if (was == to) {
+            return;
+        }
+        LogLine line(to == SpoolState::ok ? Level::info : Level::error, "spool_state");
+        line.kv("state", to_string(to)).kv("was", to_string(was));
+        if (err != 0) {
+            line.kv("error", std::strerror(err)).kv("where", why);
+        } else {
+            line.kv("why", why);
+        }
+        line.kv("free", free_bytes.load()).kv("reserve", reserve_have.load());
+    }
+
+    // The disk failed with `err` (ENOSPC/EDQUOT: full; anything else: failing).
+    // `failed_call`: a system call failed (counted), not a message that no longer fits.
+    void disk_error(int err, std::string_view where, bool failed_call = true) {
+        n_write_errors += failed_call ? 1 : 0;
+        probe_at_ns = now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     Millis(backoff_ms.load())).count();
+        change_state(is_no_space(err) ? SpoolState::full : SpoolState::failing, err, where);
+    }
+
+    std::string reserve_path() const { return opts.dir + "/reserve"; }
+
+    // state_mu held. Makes DIR/reserve hold reserve_bytes, durably. False when the disk
+    // cannot (the state says why); what could be allocated is kept.
+    bool fill_reserve() {
+        if (!reserve_fd.valid()) {
+            int fd = io->open(reserve_path().c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+            if (fd < 0) {
+                disk_error(errno, "create " + reserve_path());
+                return false;
+            }
+            reserve_fd.reset(fd);
+        }
+        struct stat st {};
+        if (::fstat(reserve_fd.get(), &st) == 0) {
+            reserve_have = static_cast<std::uint64_t>(st.st_size);
+        }
+        if (reserve_have.load() >= opts.reserve_bytes) {
+            return true;
+        }
+        ++n_fsyncs;
+        if (io->fallocate(reserve_fd.get(), static_cast<off_t>(opts.reserve_bytes)) != 0 ||
+            io->fdatasync(reserve_fd.get()) != 0) {
+            int e = errno;
+            if (::fstat(reserve_fd.get(), &st) == 0) {
+                reserve_have = static_cast<std::uint64_t>(st.st_size);
+            }
+            disk_error(e, "allocate " + reserve_path());
+            return false;
+        }
+        reserve_have = opts.reserve_bytes;
+        return true;
+    }
+
+    // Gives the reserve back to the file system, for the outcome records of a full disk.
+    void release_reserve() {
+        std::lock_guard lk(state_mu);
+        std::uint64_t had = reserve_have.load();
+        if (had == 0 || !reserve_fd.valid()) {
+            return;
+        }
+        // The blocks are free once the truncation is committed (some file systems only
+        // reuse freed blocks after their journal commit: the fdatasync forces it).
+        ++n_fsyncs;
+        if (io->ftruncate(reserve_fd.get(), 0) != 0 || io->fdatasync(reserve_fd.get()) != 0) {
+            LogLine(Level::error, "spool_reserve_release_failed")
+                .kv("file", reserve_path())
+                .kv("error", std::strerror(errno));
+        }
+        struct stat st {};
+        reserve_have = ::fstat(reserve_fd.get(), &st) == 0 ? static_cast<std::uint64_t>(st.st_size)
+                                                           : 0;
+        LogLine(Level::warn, "spool_reserve_released")
+            .kv("bytes", had - reserve_have.load())
+            .kv("free", free_bytes.load());
+        refresh_free_space();
+    }
+
+    // A failing disk's probe: one block rewritten in place in DIR/reserve and fdatasync'd
+    // (no new allocation while the reserve holds it). True when the disk writes again.
+    bool probe() {
+        std::lock_guard lk(state_mu);
+        if (!reserve_fd.valid()) {
+            int fd = io->open(reserve_path().c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+            if (fd < 0) {
+                disk_error(errno, "probe " + reserve_path());
+                return false;
+            }
+            reserve_fd.reset(fd);
+        }
+        iovec v{g_zeros, kProbeBytes};
+        ++n_fsyncs;
+        if (pwritev_all(*io, reserve_fd.get(), {v}, 0) != 0 ||
+            io->fdatasync(reserve_fd.get()) != 0) {
+            disk_error(errno, "probe " + reserve_path());
+            return false;
+        }
+        reserve_have = std::max<std::uint64_t>(reserve_have.load(), kProbeBytes);
+        return true;
+    }
+
+    // Writer thread: refreshes the free space and leaves a full or failing state when the
+    // disk allows. A full spool resumes once the free space covers min_free_bytes, the
+    // reserve refilled, and as much again as the reserve (so that it does not flap in and
+    // out of the state with every message); a failing one once a probe succeeds (then as
+    // a full one, if space is short).
+    void look() {
+        refresh_free_space();
+        SpoolState h = hard.load();
+        if (h == SpoolState::ok) {
+            return;
+        }
+        if (h == SpoolState::failing) {
+            if (now_ns() < probe_at_ns.load()) {
+                return;
+            }
+            if (!probe()) {
+                backoff_ms = std::min<std::int64_t>(backoff_ms.load() * 2, kMaxBackoff.count());
+                probe_at_ns = now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                             Millis(backoff_ms.load())).count();
+                return;
+            }
+        }
+        std::lock_guard lk(state_mu);
+        std::uint64_t have = reserve_have.load();
+        std::uint64_t need = opts.reserve_bytes > have ? opts.reserve_bytes - have : 0;
+        if (free_bytes.load() < opts.min_free_bytes + need + opts.reserve_bytes) {
+            if (h == SpoolState::failing) {
+                change_state(SpoolState::full, 0, "probe ok, space short");
+            }
+            return;
+        }
+        if (!fill_reserve()) {
+            return;
+        }
+        refresh_free_space();
+        change_state(SpoolState::ok, 0, h == SpoolState::failing ? "probe ok" : "space back");
     }
 
     // ------------------------------------------------- index bookkeeping (index_mu)
@@ -500,6 +700,7 @@ struct Spool::Impl {
             ::unlink(big_path(b).c_str());
         }
         while (true) {
+            seal_if_drained();
             std::vector<std::uint64_t> gone;
             {
                 std::lock_guard lk(index_mu);
@@ -529,6 +730,27 @@ struct Spool::Impl {
                     unpin(p);
                 }
             }
+        }
+    }
+
+    // While space is short (new mail refused), an active segment whose messages are all
+    // final is sealed, so that it can be reclaimed: nothing else would ever seal it, as
+    // only mail fills a segment to segment_bytes. One that holds only a few outcome records
+    // stays (sealing it would only make the next records open a new file).
+    void seal_if_drained() {
+        if (!short_of_space()) {
+            return;
+        }
+        std::lock_guard wl(write_mu);
+        if (active == kNoSegment || active_end < kMinLimitRotate) {
+            return;
+        }
+        std::lock_guard lk(index_mu);
+        Segment& a = segs[active];
+        if (a.live == 0 && a.pins == 0 && a.inflight == 0) {
+            a.sealed = true;
+            reclaim_candidates.insert(active);
+            active = kNoSegment;
         }
     }
 
@@ -853,7 +1075,7 @@ struct Spool::Impl {
             }
             if (stat_due()) {
                 lk.unlock();
-                refresh_free_space();
+                look();
                 lk.lock();
                 continue;
             }
@@ -913,8 +1135,8 @@ struct Spool::Impl {
     int open_segment(std::string& header) {
         std::uint64_t s = next_seg++;
         std::string path = seg_path(s);
-        auto fd =
-            std::make_shared<Fd>(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
+        auto fd = std::make_shared<Fd>(
+            io->open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
         if (!fd->valid()) {
             return errno;
         }
@@ -945,33 +1167,117 @@ struct Spool::Impl {
     }
 
     // Messages are refused while some space is still left, so that outcome records (which
-    // are what frees space) can always be written. Marks refused items `skip`.
+    // are what frees space) can always be written, and all of them while the disk is full
+    // or failing (they never reach the disk: no new segment, no retry). Marks refused
+    // items `skip`. A message that no longer fits puts the spool in the full state.
     void refuse_over_space(std::vector<Item>& batch) {
         std::uint64_t planned = 0;
         std::uint64_t free_now = free_bytes.load();
         std::uint64_t used_now = used_bytes.load();
         for (Item& it : batch) {
-            if (it.kind != Item::Kind::message || it.data.external) {
+            if (it.kind != Item::Kind::message) {
                 continue;
+            }
+            SpoolState h = hard.load();
+            if (h != SpoolState::ok) {
+                refuse(it, h == SpoolState::full ? CommitStatus::no_space : CommitStatus::io_error);
+                continue;
+            }
+            if (it.data.external) {
+                continue;  // its file is written (write_big checked the space)
             }
             std::uint64_t b = it.msg->data.size() + 512;
             bool disk = free_now < planned + b + opts.min_free_bytes / 2;
             // Like admission(): refused once the limit is reached (overshoot: one batch).
             bool limit = opts.max_bytes != 0 && used_now + planned >= opts.max_bytes;
+            if (disk && free_now < planned + b) {
+                disk_error(ENOSPC, "message of " + std::to_string(b) + " bytes", false);
+            }
             if (disk || limit) {
-                it.skip = true;
-                ++n_failed;
-                auto done = std::move(it.done);
-                done(CommitStatus::no_space, std::move(it.msg));
+                refuse(it, CommitStatus::no_space);
             } else {
                 planned += b;
             }
         }
     }
 
+    void refuse(Item& it, CommitStatus status) {
+        it.skip = true;
+        ++n_failed;
+        if (it.data.external) {
+            ::unlink(big_path(it.data.big_seq).c_str());
+            used_bytes -= std::min<std::uint64_t>(used_bytes, it.data.size);
+        }
+        auto done = std::move(it.done);
+        done(status, std::move(it.msg));
+    }
+
+    // A message or an operator action took the batch while outcome records wait out the
+    // back-off of a failed one: they stay queued (a failing disk is not written in a loop
+    // because mail keeps arriving; the mail itself was refused above).
+    void hold_back_records(std::vector<Item>& batch) {
+        if (hard.load() == SpoolState::ok) {
+            return;
+        }
+        std::vector<Item> back;
+        {
+            std::lock_guard lk(q_mu);
+            if (stopping || SteadyClock::now() >= retry_not_before) {
+                return;
+            }
+            for (Item& it : batch) {
+                if (it.writes() && !it.urgent()) {
+                    it.skip = true;
+                    back.push_back(std::move(it));
+                    back.back().skip = false;
+                }
+            }
+            for (auto r = back.rbegin(); r != back.rend(); ++r) {
+                queue.push_front(std::move(*r));
+            }
+        }
+    }
+
+    // The disk is full: a deferral (not an outcome: a restart would retry sooner, nothing
+    // more) changes the index only, so that the space left goes to the records that keep a
+    // message from being delivered twice. Operator actions (flush) are still written.
+    void defer_in_memory(std::vector<Item>& batch) {
+        std::lock_guard lk(index_mu);
+        for (Item& it : batch) {
+            if (it.skip || it.kind != Item::Kind::state || it.waiter ||
+                it.state.state != RcptState::deferred) {
+                continue;
+            }
+            it.skip = true;
+            auto e = index.find(it.state.id);
+            if (e == index.end() || it.state.rcpt >= e->second.entry.recipients.size()) {
+                continue;
+            }
+            RecipientStatus& r = e->second.entry.recipients[it.state.rcpt];
+            if (!is_final(r.state)) {
+                r.state = RcptState::deferred;
+                r.attempts = it.state.attempts;
+                r.next_attempt = it.state.next_attempt;
+                r.reason = it.state.reason;
+            }
+        }
+    }
+
     // Appends one batch with one pwritev and hands it to a sync thread.
     void write_batch(std::vector<Item> batch) {
+        if (stat_due()) {
+            look();
+        }
         refuse_over_space(batch);
+        hold_back_records(batch);
+        if (hard.load() == SpoolState::full) {
+            defer_in_memory(batch);
+            // Records on a disk with less left than the reserve: the reserve goes first.
+            if (free_bytes.load() < opts.reserve_bytes &&
+                std::any_of(batch.begin(), batch.end(), [](const Item& it) { return it.writes(); })) {
+                release_reserve();
+            }
+        }
         auto job = std::make_shared<Job>();
         job->batch = std::move(batch);
         bool writes = std::any_of(job->batch.begin(), job->batch.end(),
@@ -1087,6 +1393,25 @@ struct Spool::Impl {
         ++n_batches;
         job.err = pwritev_all(*io, job.fd->get(), std::move(iov), static_cast<off_t>(job.start));
         if (job.err != 0) {
+            // Out of space: what the write got to is cut off here and the segment stays in
+            // use (nothing before job.start was touched, no fdatasync failed), so a full
+            // disk does not cost a new segment per attempt.
+            if (is_no_space(job.err) &&
+                io->ftruncate(job.fd->get(), static_cast<off_t>(job.start)) == 0) {
+                job.cut_in_place = true;
+                zeroed_end = job.start;
+                if (job.start == 0) {
+                    active_end = 0;  // the header goes out again with the next batch
+                    std::lock_guard lk(index_mu);
+                    segs[active].fd.reset();
+                    --segs[active].inflight;
+                    segs.erase(active);
+                    ::unlink(seg_path(active).c_str());
+                    active = kNoSegment;
+                    job.seg = kNoSegment;
+                }
+                return;
+            }
             active_broken = true;  // never append after a partial write
             return;
         }
@@ -1222,7 +1547,9 @@ struct Spool::Impl {
                 seg.size = std::max(seg.size, job.end);
             }
         }
-        if (err != 0 && job.seg != kNoSegment) {
+        if (err != 0 && job.cut_in_place) {
+            clean = true;  // the segment is as it was before this batch, and stays in use
+        } else if (err != 0 && job.seg != kNoSegment) {
             // write_mu: the writer neither appends here meanwhile nor after (it sees poisoned).
             std::lock_guard wl(write_mu);
             std::unique_lock lk(index_mu);
@@ -1257,6 +1584,13 @@ struct Spool::Impl {
         }
         n_records += job.records;
         used_bytes += job.end - job.start;
+        if (job.records > 0) {
+            backoff_ms = kRetryBackoff.count();
+            if (hard.load() == SpoolState::failing) {
+                probe_at_ns = 0;  // a batch went through: the writer probes at its next look
+                last_stat_ns = 0;
+            }
+        }
         {
             std::lock_guard lk(index_mu);
             for (Item& it : job.batch) {
@@ -1336,6 +1670,7 @@ struct Spool::Impl {
             .kv("cut", clean ? "yes" : "no");
         CommitStatus status = status_of(err);
         Error e = errno_error(err, "spool write");
+        disk_error(err, job.seg == kNoSegment ? std::string("new segment") : seg_path(job.seg));
         std::vector<Item> retry;
         for (Item& it : job.batch) {
             if (it.skip) {
@@ -1376,9 +1711,31 @@ struct Spool::Impl {
                     r->queued = now;
                     queue.push_front(std::move(*r));
                 }
-                retry_not_before = now + kRetryBackoff;
+                // Out of space with the reserve still held: it goes now, and the records
+                // go again at once. Otherwise they wait, longer after each failure.
+                bool reserve_left = status == CommitStatus::no_space && reserve_have.load() > 0;
+                std::int64_t wait = backoff_ms.load();
+                if (!reserve_left) {
+                    backoff_ms = std::min<std::int64_t>(wait * 2, kMaxBackoff.count());
+                }
+                retry_not_before = reserve_left || retry.empty() ? now : now + Millis(wait);
             }
         }
+        if (status == CommitStatus::no_space && !retry.empty()) {
+            release_reserve();
+        }
+        {
+            // A poisoned segment is retired now, so that reclaim deletes it (a disk that
+            // keeps failing must not leave a file per attempt behind).
+            std::lock_guard wl(write_mu);
+            std::lock_guard lk(index_mu);
+            if (job.seg != kNoSegment && job.seg == active && segs[active].poisoned) {
+                segs[active].sealed = true;
+                reclaim_candidates.insert(active);
+                active = kNoSegment;
+            }
+        }
+        reclaim();
         q_cv.notify_one();
         refresh_free_space();
     }
@@ -1404,17 +1761,22 @@ struct Spool::Impl {
     void write_big(Item it) {
         const std::string& data = it.msg->data;
         std::uint64_t size = data.size();
+        SpoolState h = hard.load();
         bool disk = free_bytes.load() < size + opts.min_free_bytes / 2;
         bool limit = opts.max_bytes != 0 && used_bytes.load() >= opts.max_bytes;
-        if (disk || limit) {
+        if (h == SpoolState::ok && disk && free_bytes.load() < size) {
+            disk_error(ENOSPC, "message of " + std::to_string(size) + " bytes", false);
+        }
+        if (h != SpoolState::ok || disk || limit) {
             ++n_failed;
             auto done = std::move(it.done);
-            done(CommitStatus::no_space, std::move(it.msg));
+            done(h == SpoolState::failing ? CommitStatus::io_error : CommitStatus::no_space,
+                 std::move(it.msg));
             return;
         }
         std::uint64_t seq = next_big++;
         std::string path = big_path(seq);
-        Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
+        Fd fd(io->open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
         int err = fd.valid() ? 0 : errno;
         std::uint32_t crc = 0;
         for (std::uint64_t off = 0; err == 0 && off < size; off += kReadChunk) {
@@ -1439,6 +1801,7 @@ struct Spool::Impl {
             LogLine(Level::error, "spool_write_failed")
                 .kv("file", path)
                 .kv("error", std::strerror(err));
+            disk_error(err, path);
             auto done = std::move(it.done);
             done(status_of(err), std::move(it.msg));
             return;
@@ -1534,12 +1897,26 @@ Result<std::unique_ptr<Spool>> Spool::open(SpoolOptions opts) {
     if (Error e = impl->recover(); !e.ok()) {
         return e;
     }
+    impl->refresh_free_space();
+    {
+        std::lock_guard lk(impl->state_mu);
+        // On a full disk the state says so, and the writer tries again when it looks. Less
+        // free space than the reserve (once that is allocated) is a full disk too.
+        if (impl->fill_reserve()) {
+            impl->refresh_free_space();
+            if (impl->free_bytes.load() < impl->opts.reserve_bytes) {
+                impl->disk_error(ENOSPC, "open", false);
+            }
+        }
+    }
     LogLine(Level::info, "spool_open")
         .kv("dir", impl->opts.dir)
         .kv("messages", impl->live_count.load())
         .kv("segments", static_cast<std::uint64_t>(impl->segs.size()))
         .kv("bytes", impl->used_bytes.load())
-        .kv("torn_bytes", impl->n_torn.load());
+        .kv("torn_bytes", impl->n_torn.load())
+        .kv("state", to_string(impl->hard.load()))
+        .kv("reserve", impl->reserve_have.load());
     impl->start();
     return std::unique_ptr<Spool>(new Spool(std::move(impl)));
 }
@@ -1572,6 +1949,9 @@ void Spool::expect(int delta) {
 }
 
 Admission Spool::admission() const {
+    if (impl_->hard.load() != SpoolState::ok) {
+        return Admission::no_space;  // full or failing: until the writer sees it end
+    }
     if (impl_->opts.max_bytes != 0 && impl_->used_bytes.load() >= impl_->opts.max_bytes) {
         return Admission::over_limit;
     }
@@ -1584,6 +1964,14 @@ Admission Spool::admission() const {
         return Admission::no_space;
     }
     return Admission::ok;
+}
+
+SpoolState Spool::state() const {
+    SpoolState h = impl_->hard.load();
+    if (h != SpoolState::ok) {
+        return h;
+    }
+    return admission() == Admission::ok ? SpoolState::ok : SpoolState::low;
 }
 
 namespace {
@@ -1830,6 +2218,10 @@ SpoolStats Spool::stats() const {
     s.expected = impl_->expected.load();
     s.commit_ns = impl_->n_commit_ns.load();
     s.torn_bytes = impl_->n_torn.load();
+    s.state = state();
+    s.free_bytes = impl_->free_bytes.load();
+    s.reserve_bytes = impl_->reserve_have.load();
+    s.write_errors = impl_->n_write_errors.load();
     return s;
 }
 

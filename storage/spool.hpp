@@ -31,8 +31,23 @@
 //   message is final. Segments are never rewritten; a segment pinned by one long-deferred
 //   message stays until that message is final (at most max_age); live messages are never
 //   copied forward (simple, and a segment's worth of mail is cheap next to its delivery).
+// - Disk state (SpoolState): a full disk (ENOSPC/EDQUOT, or free space too short for the
+//   next message) or a failing one (EIO or any other write/fdatasync error) is a state the
+//   spool is in, not an error it retries: while it lasts admission() says no, messages are
+//   refused before they touch the disk (no new segment, no new big file), and only outcome
+//   records and operator actions are written, backing off after each failure (250 ms doubling
+//   to 30 s). A full spool leaves the state by itself once the free space is back (a
+//   drained active segment is sealed and reclaimed when space is short, so delivering the
+//   queue is enough); a failing one once a probe write and fdatasync succeed again.
+// - Reserve (`reserve_bytes`, the file DIR/reserve, allocated at open and whenever space is
+//   back): space kept for the spool's own records. When the disk is full it is given back
+//   to the file system and the outcome records go there, so a delivery the next hop
+//   acknowledged is recorded (and not sent again after a restart) even on a full disk.
+//   While full, deferrals are applied in memory only (they are not outcomes: a restart
+//   retries sooner, nothing more).
 // - Failures: a failed write or fdatasync fails that batch's messages (no_space for
-//   ENOSPC/EDQUOT, io_error otherwise) and never reports ok. The segment is truncated back
+//   ENOSPC/EDQUOT, io_error otherwise) and never reports ok. A write that ran out of space
+//   is cut back in place (the segment stays usable: nothing before it was touched). The segment is truncated back
 //   to the batch's start and retired (after a failed fsync the page cache cannot be
 //   trusted); if that truncation cannot be made durable, the failed messages get `cancel`
 //   records in the next batch so they never come back. Batches written after a failed one
@@ -86,12 +101,37 @@ class SpoolIo {
     virtual ssize_t pwritev(int fd, const iovec* iov, int count, off_t offset);
     virtual int fdatasync(int fd);
     virtual int ftruncate(int fd, off_t length);
+    virtual int open(const char* path, int flags, mode_t mode);  // files the spool creates
+    virtual int fallocate(int fd, off_t length);  // posix_fallocate from 0 (errno set)
 };
+
+// What the spool's disk lets it do. One row per state in kSpoolStates (its name in logs,
+// metrics and status, and what it means for an operator).
+enum class SpoolState : std::uint8_t { ok, low, full, failing };
+
+struct SpoolStateInfo {
+    SpoolState state;
+    const char* name;
+    const char* meaning;
+};
+
+inline constexpr SpoolStateInfo kSpoolStates[] = {
+    {SpoolState::ok, "ok", "accepting"},
+    {SpoolState::low, "low",
+     "new mail refused (452 4.3.1): below spool.min_free or at spool.max_size"},
+    {SpoolState::full, "full", "new mail refused (452 4.3.1): disk full, reserve in use"},
+    {SpoolState::failing, "failing",
+     "new mail refused (452 4.3.1): disk writes fail, probed until they work"},
+};
+
+const char* to_string(SpoolState s);
 
 struct SpoolOptions {
     std::string dir;
     std::uint64_t max_bytes = 0;                  // spool size limit (0: unlimited)
     std::uint64_t min_free_bytes = 256ull << 20;  // below this free space, admission says no_space
+    // Space kept (DIR/reserve) for outcome records and operator actions on a full disk.
+    std::uint64_t reserve_bytes = 4ull << 20;
     std::size_t max_batch = 256;                  // messages per fdatasync at most
     std::size_t syncs_in_flight = 1;              // batches in fdatasync at once (1: by the writer)
     std::uint64_t max_batch_bytes = 32ull << 20;  // and bytes per batch at most
@@ -176,6 +216,10 @@ struct SpoolStats {
     std::uint64_t records = 0;     // records written since open
     std::uint64_t recovered = 0;   // live messages found by recovery
     std::uint64_t torn_bytes = 0;  // bytes dropped from segment tails by recovery
+    SpoolState state = SpoolState::ok;
+    std::uint64_t free_bytes = 0;     // free space on the spool's file system (last look)
+    std::uint64_t reserve_bytes = 0;  // space held in DIR/reserve now
+    std::uint64_t write_errors = 0;   // failed writes, fdatasyncs and file creations since open
 };
 
 class Spool {
@@ -202,7 +246,9 @@ class Spool {
     void expect(int delta);
 
     // Before MAIL: cheap (cached free space, refreshed by the writer at least every second).
+    // Never ok while the state is low, full or failing.
     Admission admission() const;
+    SpoolState state() const;
 
     // Delivery outcomes, applied in submission order once durable (group-committed with
     // everything else; at least once: a crash before the record is durable means one more

@@ -38,6 +38,7 @@ need postfix "smtp-source (Postfix's load generator)" command -v smtp-source
 need postfix "smtp-sink (Postfix's test next hop)" command -v smtp-sink
 need openssl "openssl (test certificates)" command -v openssl
 need lmdb-utils "mdb_stat (LMDB map inspection)" command -v mdb_stat
+need mount "mount and umount (a small tmpfs for the spool's full-disk tests)" command -v umount
 need python3-pytest "Python module pytest" py_module pytest
 need python3-aiosmtpd "Python module aiosmtpd" py_module aiosmtpd.controller
 need python3-prometheus-client "Python module prometheus_client" \

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <string>
 
+#include "storage/spool.hpp"  // kSpoolStates: what each state means
 #include "tools/control_client.hpp"
 #include "tools/ctl.hpp"
 
@@ -269,6 +270,17 @@ int cmd_status(const Args& args, const Options& opts) {
     std::cout << "shards:      " << r.value("shards", 0) << "\n";
     std::cout << "sessions:    " << r.value("sessions_active", 0) << " active\n";
     std::cout << "queue:       " << r.value("queue_messages", 0) << " messages\n";
+    if (r.contains("spool") && r["spool"].is_object()) {
+        const json& sp = r["spool"];
+        std::string state = sp.value("state", std::string("?"));
+        std::string what;
+        for (const auto& row : storage::kSpoolStates) {
+            what = state == row.name ? row.meaning : what;
+        }
+        std::cout << "spool:       " << state << " (" << what << "), "
+                  << sp.value("free_bytes", std::uint64_t{0}) / (1024 * 1024) << " MiB free, reserve "
+                  << sp.value("reserve_bytes", std::uint64_t{0}) / 1024 << " KiB\n";
+    }
     std::string stats = r.value("stats_address", std::string());
     std::cout << "stats:       " << (stats.empty() ? "off" : "http://" + stats + "/metrics")
               << "\n";

@@ -82,6 +82,7 @@ int cmd_queue(const Args& args, const Options& opts) {
     storage::SpoolOptions so;
     so.dir = cfg.config->spool.dir;
     so.min_free_bytes = 0;  // the operator may always look and clean up
+    so.reserve_bytes = cfg.config->spool.reserve;
     auto spool = storage::Spool::open(so);
     if (!spool.ok()) {
         if (spool.error().code == storage::Errc::busy) {

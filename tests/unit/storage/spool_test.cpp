@@ -171,6 +171,16 @@ class Outcomes {
     std::vector<std::string> order_;
 };
 
+// A full or failing spool refuses mail until its writer sees the disk well again (a look
+// at least every second, a failing disk's probe after a back-off).
+bool wait_accepting(Spool& s, std::chrono::seconds limit = 15s) {
+    auto until = std::chrono::steady_clock::now() + limit;
+    while (s.state() != SpoolState::ok && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(20ms);
+    }
+    return s.state() == SpoolState::ok;
+}
+
 CommitStatus commit_one(Spool& s, std::unique_ptr<Message> m) {
     Outcomes o;
     std::string id = m->id;
@@ -255,6 +265,7 @@ class SpoolTest : public ::testing::Test {
         o.dir = dir_;
         o.min_free_bytes = 0;
         o.state_delay = 1ms;
+        o.reserve_bytes = 64 * 1024;
         return o;
     }
 
@@ -1060,9 +1071,13 @@ TEST_F(SpoolTest, WriteErrorsFailTheBatchAndTheSpoolGoesOn) {
         io->half_write = true;
         io->fail_writes = 1;
         EXPECT_EQ(commit_one(*s, make_message("eio")), CommitStatus::io_error);
+        EXPECT_EQ(s->state(), SpoolState::failing);
+        EXPECT_EQ(s->admission(), Admission::no_space);
+        ASSERT_TRUE(wait_accepting(*s));
         io->write_errno = ENOSPC;
         io->fail_writes = 1;
         EXPECT_EQ(commit_one(*s, make_message("enospc")), CommitStatus::no_space);
+        ASSERT_TRUE(wait_accepting(*s));
         EXPECT_EQ(commit_one(*s, make_message("after")), CommitStatus::ok);
         EXPECT_EQ(s->stats().failed, 2u);
         EXPECT_FALSE(s->entry("eio").has_value());
@@ -1087,6 +1102,7 @@ TEST_F(SpoolTest, FsyncErrorNeverReportsOkAndTheMessageNeverComesBack) {
         io->fail_syncs = 1;
         io->fail_truncates = 1;
         EXPECT_EQ(commit_one(*s, make_message("lost")), CommitStatus::io_error);
+        ASSERT_TRUE(wait_accepting(*s));
         EXPECT_EQ(commit_one(*s, make_message("after")), CommitStatus::ok);
         ASSERT_TRUE(s->sync().ok());
         EXPECT_GE(segment_files(dir_).size(), 2u);  // a new segment after the failure
@@ -1120,6 +1136,7 @@ TEST_F(SpoolTest, AFailedFsyncFailsTheLaterBatchesOfItsSegmentToo) {
         EXPECT_EQ(out.status("second"), CommitStatus::io_error);
         EXPECT_EQ(out.order(), (std::vector<std::string>{"first", "second"}));
         io->sync_delay_ms = 0;
+        ASSERT_TRUE(wait_accepting(*s));
         EXPECT_EQ(commit_one(*s, make_message("after")), CommitStatus::ok);
     }
     auto s = open(o);
@@ -1247,10 +1264,7 @@ TEST_F(SpoolTest, RealENOSPCOnATinyTmpfsAndRecoveryByItself) {
         EXPECT_GT(no_space, 0);
         fs::remove(mnt + "/filler");
         // Recovers by itself: the free space is refreshed while idle.
-        for (int i = 0; i < 40 && s->admission() != Admission::ok; ++i) {
-            std::this_thread::sleep_for(100ms);
-        }
-        std::this_thread::sleep_for(1500ms);  // past the back-off and an idle refresh
+        ASSERT_TRUE(wait_accepting(*s));
         EXPECT_EQ(commit_one(*s, make_message("later", 20000, 1)), CommitStatus::ok);
         got["later"] = CommitStatus::ok;
     }
@@ -1263,6 +1277,114 @@ TEST_F(SpoolTest, RealENOSPCOnATinyTmpfsAndRecoveryByItself) {
             EXPECT_EQ((*m)->data, make_message(id, 20000, 1)->data);
         }
     }
+}
+
+// A full disk is a state: mail is refused without touching the disk (no new segment per
+// attempt), deliveries are still recorded (from the reserve) so nothing is sent twice
+// after a restart, and once they drain the queue the space comes back and so does
+// acceptance, by itself (a 4 MiB tmpfs; needs CAP_SYS_ADMIN, skipped without it).
+TEST_F(SpoolTest, AFullDiskIsAStateThatRecordsDeliveriesAndEndsByItself) {
+    std::string mnt = root_ + "/small";
+    fs::create_directories(mnt);
+    if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4m") != 0) {
+        GTEST_SKIP() << "cannot mount a tmpfs here: " << std::strerror(errno);
+    }
+    struct Unmount {
+        std::string p;
+        ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+    } unmount{mnt};
+    auto o = options();
+    o.dir = mnt + "/spool";
+    o.reserve_bytes = 256 * 1024;
+    o.zero_ahead = 0;
+    std::vector<std::string> ok;
+    {
+        auto s = open(o);
+        ASSERT_TRUE(s);
+        EXPECT_EQ(s->stats().reserve_bytes, o.reserve_bytes);
+        for (int i = 0; i < 400 && s->admission() == Admission::ok; ++i) {
+            std::string id = "m" + std::to_string(i);
+            if (commit_one(*s, make_message(id, 20000, 1)) == CommitStatus::ok) {
+                ok.push_back(id);
+            }
+        }
+        ASSERT_GT(ok.size(), 50u);
+        EXPECT_EQ(s->state(), SpoolState::full);
+        EXPECT_EQ(s->admission(), Admission::no_space);
+        // More mail while full: refused, and not a single new file for it.
+        std::size_t files = count_files(o.dir);
+        for (int i = 0; i < 50; ++i) {
+            EXPECT_EQ(commit_one(*s, make_message("x" + std::to_string(i), 20000, 1)),
+                      CommitStatus::no_space);
+        }
+        EXPECT_EQ(count_files(o.dir), files);
+        // Deferrals while full stay in memory; deliveries are recorded.
+        auto later = std::chrono::system_clock::now() + 1h;
+        for (std::size_t i = 0; i < ok.size(); ++i) {
+            s->record_deferred(ok[i], 0, "451 4.4.0 down", later, 1);
+        }
+        ASSERT_TRUE(s->sync().ok());
+        EXPECT_EQ(s->entry(ok[0])->recipients[0].state, RcptState::deferred);
+        for (std::size_t i = 0; i < ok.size(); i += 2) {
+            s->record_delivered(ok[i], 0);
+        }
+        ASSERT_TRUE(s->sync().ok());
+        EXPECT_EQ(s->stats().reserve_bytes, 0u);  // spent on those records
+        EXPECT_EQ(s->size(), ok.size() / 2);
+    }
+    {
+        // A restart (the disk still full) knows every delivery: none is sent again.
+        auto s = open(o);
+        ASSERT_TRUE(s);
+        EXPECT_EQ(s->size(), ok.size() / 2);
+        for (std::size_t i = 0; i < ok.size(); ++i) {
+            EXPECT_EQ(s->entry(ok[i]).has_value(), i % 2 == 1) << ok[i];
+        }
+        for (std::size_t i = 1; i < ok.size(); i += 2) {
+            s->record_delivered(ok[i], 0);
+        }
+        ASSERT_TRUE(s->sync().ok());
+        EXPECT_EQ(s->size(), 0u);
+        // The drained segments (the active one too) are reclaimed, the reserve is
+        // refilled, and mail is accepted again without a restart.
+        ASSERT_TRUE(wait_accepting(*s));
+        EXPECT_EQ(s->stats().reserve_bytes, o.reserve_bytes);
+        EXPECT_EQ(commit_one(*s, make_message("after", 20000, 1)), CommitStatus::ok);
+    }
+    auto s = open(o);
+    EXPECT_EQ(s->size(), 1u);
+    EXPECT_TRUE(s->entry("after").has_value());
+}
+
+// A failing disk (EIO) is a state too: refused mail never reaches it, outcome records are
+// retried with a back-off (not in a loop), and a probe ends the state once writes work.
+TEST_F(SpoolTest, AFailingDiskIsAStateEndedByAProbe) {
+    auto io = std::make_shared<FaultyIo>();
+    auto o = options();
+    o.io = io;
+    auto s = open(o);
+    ASSERT_EQ(commit_one(*s, make_message("d", 300, 1)), CommitStatus::ok);
+    io->fail_syncs = 1'000'000;
+    EXPECT_EQ(commit_one(*s, make_message("eio")), CommitStatus::io_error);
+    EXPECT_EQ(s->state(), SpoolState::failing);
+    int syncs = io->syncs.load();
+    for (int i = 0; i < 20; ++i) {
+        EXPECT_EQ(commit_one(*s, make_message("r" + std::to_string(i))), CommitStatus::io_error);
+    }
+    EXPECT_EQ(io->syncs.load(), syncs);  // refused before any write
+    s->record_delivered("d", 0);
+    std::this_thread::sleep_for(2s);
+    // Retries and probes back off: a handful in 2 s, not hundreds.
+    EXPECT_LT(io->syncs.load() - syncs, 12);
+    EXPECT_LE(segment_files(dir_).size(), 2u);
+    EXPECT_TRUE(s->entry("d").has_value());
+    io->fail_syncs = 0;
+    ASSERT_TRUE(wait_accepting(*s, 40s));
+    for (int i = 0; i < 100 && s->entry("d"); ++i) {
+        std::this_thread::sleep_for(100ms);
+    }
+    EXPECT_FALSE(s->entry("d").has_value());
+    EXPECT_EQ(commit_one(*s, make_message("after")), CommitStatus::ok);
 }
 
 // ------------------------------------------------------------------ operator actions
