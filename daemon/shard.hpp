@@ -20,6 +20,7 @@
 #include "daemon/local_delivery.hpp"
 #include "daemon/metrics.hpp"
 #include "daemon/outbound.hpp"
+#include "daemon/rates/limits.hpp"
 #include "daemon/session.hpp"
 #include "policy/maps.hpp"
 
@@ -55,6 +56,7 @@ struct ShardOptions {
     std::shared_ptr<const Snapshot> snapshot;
     std::vector<int> listener_fds;  // one per snapshot->config->listeners entry, same order
     ConnectionLimiter* limiter = nullptr;
+    rates::RateStore* rates = nullptr;  // [rates] counters, process-wide (daemon/rates)
     std::unique_ptr<ShardMaps> maps;
     storage::Spool* spool = nullptr;              // process-wide; outlives the shard
     auth::AuthThrottle* auth_throttle = nullptr;  // process-wide, thread-safe
@@ -97,6 +99,7 @@ class Shard {
     ShardMetrics& metrics() { return metrics_; }
     ShardMaps& maps() { return *maps_; }
     ConnectionLimiter& limiter() { return *limiter_; }
+    rates::RateStore* rates() { return rates_; }
     LocalDelivery& local_delivery() { return *local_delivery_; }
     Outbound* outbound() { return outbound_.get(); }
     storage::Spool* spool() { return spool_; }
@@ -131,6 +134,7 @@ class Shard {
     std::shared_ptr<const Snapshot> snapshot_;
     std::vector<int> listener_fds_;
     ConnectionLimiter* limiter_;
+    rates::RateStore* rates_;
     std::unique_ptr<ShardMaps> maps_;
 
     uv_loop_t loop_{};

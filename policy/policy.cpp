@@ -491,6 +491,14 @@ std::string_view code_name(Code code) {
             return "C130";
         case Code::T140:
             return "T140";
+        case Code::R150:
+            return "R150";
+        case Code::R151:
+            return "R151";
+        case Code::R152:
+            return "R152";
+        case Code::R153:
+            return "R153";
         case Code::A000:
             return "A000";
     }

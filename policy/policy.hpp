@@ -81,6 +81,10 @@ enum class Code {
     B120,
     C130,
     T140,
+    R150,  // rate limit: connections (daemon/rates/limits.hpp, README "Rate limits")
+    R151,  // rate limit: messages
+    R152,  // rate limit: recipients
+    R153,  // rate limit: errors
     A000,  // a plain accept: connection or MAIL passed every check
 };
 

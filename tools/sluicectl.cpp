@@ -55,6 +55,7 @@ const Command commands[] = {
     {"stats", "stats [--json]", "the daemon's counters (the numbers of /metrics)", cmd_stats},
     {"explain", "explain --client IP [--auth USER] [--helo NAME] --from ADDR --to ADDR [--listener NAME]",
      "run the live policy on one envelope: decision, code, rule, source", cmd_explain},
+    {"rates", "rates [CLIENT]", "the [rates] limits; with CLIENT, its counters now", cmd_rates},
     {"map", "map build NAME SOURCE | map add NAME KEY [VALUE] | map del NAME KEY | map get NAME KEY | map list NAME",
      "build, edit and query the LMDB maps (published atomically)", cmd_map},
     {"check", "check [--json]", "lint config and maps for open-relay risks", cmd_check},
