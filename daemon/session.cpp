@@ -745,6 +745,7 @@ void Session::tick(Clock::time_point now) {
                     return;
                 }
                 state_ = tarpit_resume_ == State::greeting_delay ? State::command : tarpit_resume_;
+                last_input_ = now;  // the wait was ours: the idle timeout starts again
                 if (!in_.empty()) {
                     std::string_view view = in_;
                     process(view, now);
