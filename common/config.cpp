@@ -162,6 +162,31 @@ const Key<Config> config_keys[] = {
                                  : v.s == "deny-listed"  ? FilterMode::deny_listed
                                                          : FilterMode::off; }},
 
+    {"rates", "interval", Kind::duration, "1m", 1000, 86'400'000, "", "the interval of every rates.*_per_* limit (GCRA: a fresh key may use the whole limit at once, then one event per interval/limit)",
+        [](Config& c, const Value& v) { c.rates.interval = v.d; }},
+    {"rates", "connections_per_client", Kind::integer, "0", 0, 10'000'000, "", "connections per rates.interval from one client address; over it: 421 4.7.0 at the greeting (R150); 0: no limit",
+        [](Config& c, const Value& v) { c.rates.connections_per_client = static_cast<std::uint32_t>(v.i); }},
+    {"rates", "connections_per_network", Kind::integer, "0", 0, 10'000'000, "", "connections per rates.interval from one client network (IPv4 /24, IPv6 /64); over it: 421 4.7.0 at the greeting (R150); 0: no limit",
+        [](Config& c, const Value& v) { c.rates.connections_per_network = static_cast<std::uint32_t>(v.i); }},
+    {"rates", "messages_per_client", Kind::integer, "0", 0, 10'000'000, "", "messages (MAIL commands) per rates.interval from one client address; over it: 450 4.7.1 at MAIL (R151); 0: no limit",
+        [](Config& c, const Value& v) { c.rates.messages_per_client = static_cast<std::uint32_t>(v.i); }},
+    {"rates", "messages_per_network", Kind::integer, "0", 0, 10'000'000, "", "messages (MAIL commands) per rates.interval from one client network (IPv4 /24, IPv6 /64); over it: 450 4.7.1 at MAIL (R151); 0: no limit",
+        [](Config& c, const Value& v) { c.rates.messages_per_network = static_cast<std::uint32_t>(v.i); }},
+    {"rates", "recipients_per_client", Kind::integer, "0", 0, 10'000'000, "", "recipients (RCPT commands) per rates.interval from one client address; over it: 450 4.7.1 at RCPT (R152); 0: no limit",
+        [](Config& c, const Value& v) { c.rates.recipients_per_client = static_cast<std::uint32_t>(v.i); }},
+    {"rates", "recipients_per_network", Kind::integer, "0", 0, 10'000'000, "", "recipients (RCPT commands) per rates.interval from one client network (IPv4 /24, IPv6 /64); over it: 450 4.7.1 at RCPT (R152); 0: no limit",
+        [](Config& c, const Value& v) { c.rates.recipients_per_network = static_cast<std::uint32_t>(v.i); }},
+    {"rates", "errors_per_client", Kind::integer, "0", 0, 10'000'000, "", "error replies (4xx/5xx) per rates.interval from one client address; over it: 421 4.7.0 and close (R153); 0: no limit",
+        [](Config& c, const Value& v) { c.rates.errors_per_client = static_cast<std::uint32_t>(v.i); }},
+    {"rates", "errors_per_network", Kind::integer, "0", 0, 10'000'000, "", "error replies (4xx/5xx) per rates.interval from one client network (IPv4 /24, IPv6 /64); over it: 421 4.7.0 and close (R153); 0: no limit",
+        [](Config& c, const Value& v) { c.rates.errors_per_network = static_cast<std::uint32_t>(v.i); }},
+    {"rates", "action", Kind::choice, "refuse", 0, 0, "refuse|tarpit", "over a limit: refuse at once, or tarpit: hold the refusal for rates.tarpit_delay first",
+        [](Config& c, const Value& v) { c.rates.tarpit = v.s == "tarpit"; }},
+    {"rates", "tarpit_delay", Kind::duration, "5s", 250, 300'000, "", "how long action = \"tarpit\" holds a refusal (a timer, 250 ms resolution)",
+        [](Config& c, const Value& v) { c.rates.tarpit_delay = v.d; }},
+    {"rates", "table_size", Kind::integer, "65536", 256, 16'777'216, "", "keys the counters remember (fixed memory, about 40 bytes each; read at start); more keys active in one interval forget the oldest",
+        [](Config& c, const Value& v) { c.rates.table_size = static_cast<std::uint32_t>(v.i); }},
+
     {"domains", "local", Kind::string_list, "", 0, 0, "", "domains served here (also map local_domains)",
         [](Config& c, const Value& v) { c.domains.local = v.list; }},
 
@@ -609,7 +634,7 @@ LoadResult finish(Loader& loader, const toml::table& root, const std::string& pa
 
     static constexpr std::string_view sections[] = {"server",      "tls",     "limits", "relay",
                                                     "connections", "domains", "maps",   "spool",
-                                                    "control",     "stats",   "dns"};
+                                                    "control",     "stats",   "dns",     "rates"};
     for (auto&& [name, node] : root) {
         auto n = name.str();
         bool known = n == "listener" || n == "routes" ||

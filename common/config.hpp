@@ -125,6 +125,22 @@ struct Config {
         FilterMode filter;
     } connections;
 
+    // Rate limits per client address and per network (daemon/rates/limits.hpp); 0: off.
+    struct {
+        Millis interval;
+        std::uint32_t connections_per_client;
+        std::uint32_t connections_per_network;
+        std::uint32_t messages_per_client;
+        std::uint32_t messages_per_network;
+        std::uint32_t recipients_per_client;
+        std::uint32_t recipients_per_network;
+        std::uint32_t errors_per_client;
+        std::uint32_t errors_per_network;
+        bool tarpit;         // action "tarpit": hold the refusal for tarpit_delay
+        Millis tarpit_delay;
+        std::uint32_t table_size;  // keys remembered (fixed memory; read at start)
+    } rates;
+
     struct {
         std::vector<std::string> local;  // lower-case, no trailing dot
     } domains;

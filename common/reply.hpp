@@ -27,6 +27,8 @@ enum class Reply : std::uint8_t {
     connection_refused,     // 554 5.7.1 at greeting (C130)
     lookup_failed_connect,  // 421 4.3.0 at greeting (T140), then close (RFC 5321 §3.8)
     bare_line_ending,       // 521 5.5.2, then close (SMTP smuggling)
+    rate_connections,       // 421 4.7.0 at greeting (R150), then close
+    rate_errors,            // 421 4.7.0 (R153), then close
     // Command level.
     ehlo,  // 250 multi-line, no enhanced code
     helo,
@@ -75,6 +77,8 @@ enum class Reply : std::uint8_t {
     blocked,          // 554 5.7.1 B120
     deferred,         // 450 4.7.1 access map DEFER
     lookup_failed,    // 451 4.3.0 T140
+    rate_messages,    // 450 4.7.1 R151
+    rate_recipients,  // 450 4.7.1 R152
     // TLS and AUTH.
     starttls_ready,       // 220 2.0.0
     tls_required,         // 530 5.7.0

@@ -166,6 +166,7 @@ void Connection::begin(std::string_view early, const proxy::Header* header) {
     p.listener = &cfg.listeners[listener_index];
     p.listener_index = listener_index;
     p.maps = &shard.maps();
+    p.rates = shard.rates();
     p.hooks = this;
     p.metrics = &shard.metrics();
     p.client = peer_;

@@ -96,6 +96,8 @@ std::string_view command_name(Command c) {
             return "queue";
         case Command::dns:
             return "dns";
+        case Command::rates:
+            return "rates";
     }
     return "unknown";
 }
@@ -153,7 +155,7 @@ ParsedRequest parse_request(std::string_view line) {
     const auto& name = it->get_ref<const std::string&>();
     for (Command c :
          {Command::status, Command::stats, Command::reload, Command::explain, Command::queue,
-          Command::dns}) {
+          Command::dns, Command::rates}) {
         if (name == command_name(c)) {
             r.request = Request{c, std::move(body)};
             return r;
@@ -903,6 +905,59 @@ void ControlServer::close_client(Client& c) {
     };
     uv_close(reinterpret_cast<uv_handle_t*>(&c.pipe), done);
     uv_close(reinterpret_cast<uv_handle_t*>(&c.timer), done);
+}
+
+json rates_report(const Config& config, const rates::LocalStore& store, const policy::Maps& maps,
+                  const json& body, rates::Micros now) {
+    const auto settings = rates::Settings::from_config(config);
+    const auto st = store.stats(now);
+    json r{{"ok", true},
+           {"interval_ms", config.rates.interval.count()},
+           {"action", config.rates.tarpit ? "tarpit" : "refuse"},
+           {"table",
+            {{"capacity", st.capacity}, {"live", st.live}, {"evictions_live", st.evictions_live}}}};
+    json limits = json::array();
+    const std::optional<IpAddr> client = [&]() -> std::optional<IpAddr> {
+        auto it = body.find("client");
+        if (it == body.end() || it->is_null() || !it->is_string()) {
+            return std::nullopt;
+        }
+        return parse_ip(it->get<std::string>());
+    }();
+    if (auto it = body.find("client"); it != body.end() && !it->is_null() && !client) {
+        return error_reply("rates: \"client\" must be an IP address");
+    }
+    if (client) {
+        r["client"] = format_ip(*client);
+        auto l = maps.find_cidr(policy::MapId::rate_exempt, *client);
+        r["exempt"] = l.found();
+        if (l.found()) {
+            r["exempt_by"] = "map rate_exempt " + l.key + (l.source.empty() ? "" : " " + l.source);
+        }
+        for (const auto& u : rates::usage(store, settings, *client, now)) {
+            json row{{"limit", rates::limit_name(u.limit)},
+                     {"key_kind", rates::key_kind_name(u.key_kind)},
+                     {"key", rates::key_text(*client, u.key_kind)},
+                     {"count", u.count},
+                     {"level", u.verdict.level},
+                     {"over", !u.verdict.allowed}};
+            if (!u.verdict.allowed) {
+                row["retry_after_ms"] = u.verdict.retry_after / 1000;
+            }
+            limits.push_back(std::move(row));
+        }
+    } else {
+        for (std::size_t l = 0; l < rates::kLimitKinds; ++l) {
+            for (std::size_t k = 0; k < rates::kKeyKinds; ++k) {
+                limits.push_back(
+                    {{"limit", rates::limit_name(static_cast<rates::LimitKind>(l))},
+                     {"key_kind", rates::key_kind_name(static_cast<rates::KeyKind>(k))},
+                     {"count", settings.count[l][k]}});
+            }
+        }
+    }
+    r["limits"] = std::move(limits);
+    return r;
 }
 
 }  // namespace sluice::control

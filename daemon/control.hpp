@@ -11,6 +11,8 @@
 //                                      ..."]}
 //   {"cmd":"explain", "client":IP, "from":ADDR, "to":ADDR, "helo":..., "auth":..., "listener":...}
 //                                   -> {"ok":true, "code":"D111", "verdict":..., "reply":..., ...}
+//   {"cmd":"rates", "client":IP (optional)}
+//                                   -> {"ok":true, "table":{...}, "limits":[...], ...}
 // A bad request gets {"ok":false,"error":...} and the connection stays usable; a line over
 // limits::line octets gets an error and the connection is closed.
 //
@@ -79,7 +81,7 @@ class LineReader {
     bool overflow_ = false;
 };
 
-enum class Command { status, stats, reload, explain, queue, dns };
+enum class Command { status, stats, reload, explain, queue, dns, rates };
 
 std::string_view command_name(Command c);
 
@@ -122,6 +124,11 @@ std::string encode(const nlohmann::json& reply);
 
 // Runs the live policy on one envelope, as a session on `args.listener` would.
 nlohmann::json explain(const Snapshot& snapshot, const policy::Maps& maps, const ExplainArgs& args);
+
+// `sluicectl rates [CLIENT]`: the [rates] settings and the table's fill; with a client
+// (body "client"), every limit under its address and network keys, read without counting.
+nlohmann::json rates_report(const Config& config, const rates::LocalStore& store,
+                            const policy::Maps& maps, const nlohmann::json& body, rates::Micros now);
 
 struct StatusInfo {
     std::string version;

@@ -128,6 +128,9 @@ struct ShardMetrics {
     Gauge outbound_queued_bytes;
     Gauge outbound_overflow;
     std::array<Counter, kDecisionCodes> decisions;
+    // Refusals by [rates] limit: [connections, messages, recipients, errors][client, network]
+    // (daemon/rates/limits.hpp LimitKind, KeyKind).
+    std::array<std::array<Counter, 2>, 4> rate_limited;
     std::array<Counter, static_cast<std::size_t>(MsgResult::count_)> messages;
     std::array<Counter, static_cast<std::size_t>(DeliveryResult::count_)> deliveries;
     Counter bytes_received;

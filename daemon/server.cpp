@@ -214,6 +214,7 @@ int Server::run(std::shared_ptr<const Config> config) {
         return 1;
     }
 
+    rates_ = std::make_unique<rates::LocalStore>(config->rates.table_size);
     for (unsigned s = 0; s < config->server.shards; ++s) {
         ShardOptions o;
         o.index = static_cast<int>(s);
@@ -222,6 +223,7 @@ int Server::run(std::shared_ptr<const Config> config) {
         o.listener_fds = fds_[s];
         fds_[s].clear();  // owned by the shard's handles from now on
         o.limiter = &limiter_;
+        o.rates = rates_.get();
         o.spool = spool_.get();
         o.auth_throttle = &auth_throttle_;
         o.maps = opts_.make_maps(*config, static_cast<int>(s));
@@ -478,6 +480,21 @@ void Server::handle_control(control::Request request, control::ControlServer::Re
         case control::Command::dns:
             dns_command(request.body, std::move(respond));
             return;
+        case control::Command::rates: {
+            if (!explain_maps_) {
+                explain_maps_ = std::make_unique<storage::MapReader>(
+                    snapshot_->config->maps.dir,
+                    storage::MapReader::Options{std::chrono::milliseconds(0), -1});
+            }
+            explain_maps_->refresh();
+            // The sessions' clock (daemon/session.cpp over_rate): steady, in microseconds.
+            const auto now = std::chrono::duration_cast<std::chrono::microseconds>(
+                                 smtp::Clock::now().time_since_epoch())
+                                 .count();
+            respond(control::rates_report(*snapshot_->config, *rates_, *explain_maps_, request.body,
+                                          now));
+            return;
+        }
     }
     respond(control::error_reply("unknown command"));
 }

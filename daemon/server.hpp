@@ -85,6 +85,7 @@ class Server {
     uv_loop_t loop_{};
     uv_signal_t sigterm_{}, sigint_{}, sighup_{};
     ConnectionLimiter limiter_;
+    std::unique_ptr<rates::LocalStore> rates_;  // sized by rates.table_size at start
     std::vector<std::unique_ptr<Shard>> shards_;
     std::vector<std::vector<int>> fds_;  // [shard][listener]
     std::shared_ptr<const Snapshot> snapshot_;

@@ -67,10 +67,10 @@ std::string new_message_id(int shard) {
     // the shard, and a per-shard sequence; base 31 without vowels.
     static constexpr char digits[] = "0123456789BCDFGHJKLMNPQRSTVWXYZ";
     static const std::string prefix = [] {
-        auto ms = static_cast<std::uint64_t>(
-            std::chrono::duration_cast<std::chrono::milliseconds>(
-                std::chrono::system_clock::now().time_since_epoch())
-                .count());
+        auto ms =
+            static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                           std::chrono::system_clock::now().time_since_epoch())
+                                           .count());
         std::uint64_t v = ms * 1000003ull + static_cast<std::uint64_t>(::getpid());
         std::string p;
         do {
@@ -121,6 +121,14 @@ void Session::start(Clock::time_point now) {
         log_decision("connect", d, {}, {});
         reply_decision(d);
         close(d.verdict == policy::Verdict::defer ? "deferred" : "refused");
+        return;
+    }
+    if (p_.rates != nullptr && rates::Settings::from_config(cfg_).any()) {
+        // Looked up once: the limits are then checked without touching a map.
+        rate_exempt_ = p_.maps->find_cidr(policy::MapId::rate_exempt, p_.client).found();
+    }
+    if (over_rate(rates::LimitKind::connections, now)) {
+        p_.metrics->connections[p_.listener_index][static_cast<int>(ConnResult::over_limit)].add();
         return;
     }
     p_.metrics->connections[p_.listener_index][static_cast<int>(ConnResult::accepted)].add();
@@ -466,6 +474,9 @@ void Session::on_mail(const Command& c) {
         reply(Reply::needs_smtputf8);  // RFC 6531 §3.4
         return;
     }
+    if (over_rate(rates::LimitKind::messages, last_input_)) {
+        return;
+    }
     auto d = policy::decide_mail(facts(), parsed.address, p_.snapshot->rules, *p_.maps);
     if (d.verdict != policy::Verdict::accept) {
         log_decision("mail", d, angle(parsed.address.str()), {});
@@ -501,9 +512,9 @@ void Session::on_rcpt(const Command& c) {
         if (parsed.error == policy::PathError::syntax) {
             if (auto d = policy::unparsable_routing(c.arg)) {
                 auto close = c.arg.find('>');
-                log_decision("rcpt", *d, angle(tx_.sender->str()),
-                             c.arg.substr(0, close == std::string_view::npos ? c.arg.size()
-                                                                             : close + 1));
+                log_decision(
+                    "rcpt", *d, angle(tx_.sender->str()),
+                    c.arg.substr(0, close == std::string_view::npos ? c.arg.size() : close + 1));
                 reply_decision(*d);
                 return;
             }
@@ -518,6 +529,9 @@ void Session::on_rcpt(const Command& c) {
     }
     if (!params.empty()) {
         reply(Reply::unknown_parameter, params.front().keyword);
+        return;
+    }
+    if (over_rate(rates::LimitKind::recipients, last_input_)) {
         return;
     }
     const auto& rcpt = parsed.address;
@@ -663,8 +677,8 @@ void Session::commit_done(storage::CommitStatus status, Clock::time_point now) {
 }
 
 void Session::commit_refused(Reply r, std::string_view detail, Clock::time_point now) {
-    finish_commit(r == Reply::inline_refused ? MsgResult::rejected : MsgResult::failed, r,
-                  detail, now);
+    finish_commit(r == Reply::inline_refused ? MsgResult::rejected : MsgResult::failed, r, detail,
+                  now);
 }
 
 void Session::finish_commit(MsgResult result, Reply r, std::string_view arg,
@@ -696,6 +710,25 @@ void Session::finish_commit(MsgResult result, Reply r, std::string_view arg,
 void Session::tick(Clock::time_point now) {
     using std::chrono::duration_cast;
     switch (state_) {
+        case State::tarpit:
+            if (now >= tarpit_until_) {
+                append_reply(out_, tarpit_reply_, tarpit_arg_);
+                if (reply_spec(tarpit_reply_).closes || draining_) {
+                    if (!reply_spec(tarpit_reply_).closes) {
+                        append_reply(out_, Reply::shutting_down);
+                    }
+                    close("rate_limited");
+                    return;
+                }
+                state_ = tarpit_resume_ == State::greeting_delay ? State::command : tarpit_resume_;
+                last_input_ = now;  // the wait was ours: the idle timeout starts again
+                if (!in_.empty()) {
+                    std::string_view view = in_;
+                    process(view, now);
+                    in_.erase(0, in_.size() - view.size());
+                }
+            }
+            return;
         case State::greeting_delay:
             if (now - started_ >= p_.greeting_delay) {
                 state_ = State::command;
@@ -899,8 +932,72 @@ void Session::reply(Reply r, std::string_view arg, std::string_view text) {
         if (++errors_ >= cfg_.limits.max_errors) {
             append_reply(out_, Reply::too_many_errors);
             close("too_many_errors");
+            return;
+        }
+        // A rate refusal is not counted again as an error of the client's.
+        if (r != Reply::rate_messages && r != Reply::rate_recipients) {
+            over_rate(rates::LimitKind::errors, last_input_);
         }
     }
+}
+
+static_assert(rates::kLimitKinds == 4 && rates::kKeyKinds == 2,
+              "ShardMetrics::rate_limited is indexed by LimitKind and KeyKind");
+
+bool Session::over_rate(rates::LimitKind kind, Clock::time_point now) {
+    if (p_.rates == nullptr || rate_exempt_ || state_ == State::closed) {
+        return false;
+    }
+    const auto settings = rates::Settings::from_config(cfg_);
+    const auto now_us =
+        std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count();
+    auto t = rates::check(*p_.rates, settings, kind, p_.client, now_us);
+    if (!t) {
+        return false;
+    }
+    static constexpr struct {
+        policy::Code code;
+        Reply reply;
+    } kActions[rates::kLimitKinds] = {
+        {policy::Code::R150, Reply::rate_connections},
+        {policy::Code::R151, Reply::rate_messages},
+        {policy::Code::R152, Reply::rate_recipients},
+        {policy::Code::R153, Reply::rate_errors},
+    };
+    const auto& action = kActions[static_cast<std::size_t>(kind)];
+    p_.metrics->decisions[static_cast<std::size_t>(action.code)].add();
+    p_.metrics->rate_limited[static_cast<std::size_t>(kind)][static_cast<std::size_t>(t->key_kind)]
+        .add();
+    std::string arg = t->key_kind == rates::KeyKind::client ? "your address" : "your network";
+    LogLine line(Level::info, "rate_limited", p_.shard, p_.id);
+    line.kv("code", policy::code_name(action.code)).kv("client", format_ip(p_.client));
+    if (p_.proxy) {
+        line.kv("proxy", format_ip(*p_.proxy));
+    }
+    line.kv("limit", rates::limit_name(kind))
+        .kv("key_kind", rates::key_kind_name(t->key_kind))
+        .kv("key", rates::key_text(p_.client, t->key_kind))
+        .kv("count", t->count)
+        .kv("interval_ms", static_cast<std::uint64_t>(cfg_.rates.interval.count()))
+        .kv("retry_after_ms", static_cast<std::uint64_t>(t->verdict.retry_after / 1000))
+        .kv("action", cfg_.rates.tarpit ? "tarpit" : "refuse")
+        .kv("listener", p_.listener->name)
+        .kv("reply", reply_line(action.reply, arg));
+    if (cfg_.rates.tarpit) {
+        // The refusal waits on the shard's tick (daemon/shard.cpp), not in a sleep: the
+        // loop keeps serving every other session meanwhile.
+        tarpit_reply_ = action.reply;
+        tarpit_arg_ = std::move(arg);
+        tarpit_until_ = now + cfg_.rates.tarpit_delay;
+        tarpit_resume_ = state_;
+        state_ = State::tarpit;
+        return true;
+    }
+    append_reply(out_, action.reply, arg);
+    if (reply_spec(action.reply).closes) {
+        close("rate_limited");
+    }
+    return true;
 }
 
 void Session::reply_decision(const policy::Decision& d) {

@@ -11,6 +11,8 @@
 //
 // States (each asynchronous step is a named waiting state):
 //   greeting_delay --timer--> command          (input here: early talker, 554 + close)
+//   any --over a [rates] limit, action tarpit--> tarpit --tarpit_delay--> the refusal, then
+//       back (or closed, for connections and errors); input meanwhile waits unread
 //   command --DATA--> data --"."--> committing --commit_done--> command
 //   any --QUIT/fatal error/timeout/shutdown--> closed
 
@@ -26,6 +28,7 @@
 #include "common/reply.hpp"
 #include "daemon/data_reader.hpp"
 #include "daemon/metrics.hpp"
+#include "daemon/rates/limits.hpp"
 #include "daemon/sasl.hpp"
 #include "daemon/smtp_parser.hpp"
 #include "policy/address.hpp"
@@ -84,6 +87,7 @@ struct SessionParams {
     const ListenerConfig* listener = nullptr;  // points into snapshot->config
     std::size_t listener_index = 0;
     const policy::Maps* maps = nullptr;
+    rates::RateStore* rates = nullptr;  // [rates] counters (process-wide); null: no limits
     SessionHooks* hooks = nullptr;
     ShardMetrics* metrics = nullptr;
     IpAddr client;  // behind a load balancer: the client its PROXY header names
@@ -106,6 +110,7 @@ class Session {
         starttls,
         auth_line,
         authenticating,
+        tarpit,  // a rate-limit refusal held for rates.tarpit_delay
         closed
     };
 
@@ -178,6 +183,9 @@ class Session {
     void reset_transaction();
     void reply(Reply r, std::string_view arg = {}, std::string_view text = {});
     void reply_decision(const policy::Decision& d);
+    // Counts one `kind` event of this client against [rates]. Over a limit: the refusal
+    // is logged and sent (held first with action "tarpit"), and the result is true.
+    bool over_rate(rates::LimitKind kind, Clock::time_point now);
     void close(std::string_view why);
     policy::Facts facts() const;
     void log_decision(std::string_view event, const policy::Decision& d, std::string_view from,
@@ -207,6 +215,12 @@ class Session {
     std::uint32_t junk_ = 0;
     std::uint32_t junk_run_ = 0;
     Clock::time_point junk_since_;
+    bool rate_exempt_ = false;  // the client is in map rate_exempt (looked up at connect)
+    // tarpit: the held refusal, when it goes out, and the state to return to.
+    Reply tarpit_reply_ = Reply::rate_messages;
+    std::string tarpit_arg_;
+    Clock::time_point tarpit_until_;
+    State tarpit_resume_ = State::command;
     std::string close_reason_;
     std::string pending_id_;  // queue id of the message in DATA or being committed
     // body_: where the client's content starts (after our Received: field).

@@ -26,6 +26,7 @@ Shard::Shard(ShardOptions o)
       snapshot_(std::move(o.snapshot)),
       listener_fds_(std::move(o.listener_fds)),
       limiter_(o.limiter),
+      rates_(o.rates),
       maps_(std::move(o.maps)),
       spool_(o.spool),
       auth_throttle_(o.auth_throttle),

@@ -21,6 +21,7 @@
 #include "daemon/local_delivery.hpp"
 #include "daemon/metrics.hpp"
 #include "daemon/outbound.hpp"
+#include "daemon/rates/limits.hpp"
 #include "daemon/session.hpp"
 #include "policy/maps.hpp"
 
@@ -56,6 +57,7 @@ struct ShardOptions {
     std::shared_ptr<const Snapshot> snapshot;
     std::vector<int> listener_fds;  // one per snapshot->config->listeners entry, same order
     ConnectionLimiter* limiter = nullptr;
+    rates::RateStore* rates = nullptr;  // [rates] counters, process-wide (daemon/rates)
     std::unique_ptr<ShardMaps> maps;
     storage::Spool* spool = nullptr;              // process-wide; outlives the shard
     auth::AuthThrottle* auth_throttle = nullptr;  // process-wide, thread-safe
@@ -98,6 +100,7 @@ class Shard {
     ShardMetrics& metrics() { return metrics_; }
     ShardMaps& maps() { return *maps_; }
     ConnectionLimiter& limiter() { return *limiter_; }
+    rates::RateStore* rates() { return rates_; }
     LocalDelivery& local_delivery() { return *local_delivery_; }
     Outbound* outbound() { return outbound_.get(); }
     // The shard's DNS resolver (null once drained or when it could not start).
@@ -134,6 +137,7 @@ class Shard {
     std::shared_ptr<const Snapshot> snapshot_;
     std::vector<int> listener_fds_;
     ConnectionLimiter* limiter_;
+    rates::RateStore* rates_;
     std::unique_ptr<ShardMaps> maps_;
 
     uv_loop_t loop_{};

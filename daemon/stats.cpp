@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/log.hpp"
+#include "daemon/rates/limits.hpp"
 #include "policy/policy.hpp"
 #include "storage/spool.hpp"
 
@@ -144,6 +145,9 @@ Totals collect(const std::vector<const ShardMetrics*>& shards, const ServerNumbe
         for (std::size_t i = 0; i < kDecisionCodes; ++i) {
             t.decisions[i] += m->decisions[i].get();
         }
+        for (std::size_t l = 0; l < t.rate_limited.size(); ++l) {
+            add_all(t.rate_limited[l], m->rate_limited[l]);
+        }
         add_all(t.messages, m->messages);
         add_all(t.deliveries, m->deliveries);
         add_all(t.tls_handshakes, m->tls_handshakes);
@@ -220,6 +224,18 @@ std::string render_prometheus(const Totals& t) {
         w.sample("sluice_relay_decisions_total",
                  "code=\"" + std::string(policy::code_name(static_cast<policy::Code>(i))) + "\"",
                  t.decisions[i]);
+    }
+
+    w.family("sluice_rate_limited_total", "counter",
+             "Refusals by a [rates] limit, by limit and by the key that was over it.");
+    for (std::size_t l = 0; l < t.rate_limited.size(); ++l) {
+        for (std::size_t k = 0; k < t.rate_limited[l].size(); ++k) {
+            w.sample("sluice_rate_limited_total",
+                     "limit=\"" + std::string(rates::limit_name(static_cast<rates::LimitKind>(l))) +
+                         "\",key_kind=\"" +
+                         std::string(rates::key_kind_name(static_cast<rates::KeyKind>(k))) + "\"",
+                     t.rate_limited[l][k]);
+        }
     }
 
     w.family("sluice_messages_total", "counter", "Messages at the end of DATA, by result.");

@@ -78,6 +78,7 @@ struct Totals {
     std::int64_t outbound_queued_bytes = 0;
     std::int64_t outbound_overflow = 0;
     std::array<std::uint64_t, kDecisionCodes> decisions{};  // by policy::Code
+    std::array<std::array<std::uint64_t, 2>, 4> rate_limited{};  // ShardMetrics::rate_limited
     ByResult<MsgResult> messages{};
     ByResult<DeliveryResult> deliveries{};
     ByResult<TlsResult> tls_handshakes{};

@@ -27,6 +27,10 @@ enum class Code {
     B120,
     C130,
     T140,
+    R150,  // rate limit: connections (daemon/rates/limits.hpp, README "Rate limits")
+    R151,  // rate limit: messages
+    R152,  // rate limit: recipients
+    R153,  // rate limit: errors
     A000,  // a plain accept: connection or MAIL passed every check
 };
 
@@ -36,7 +40,7 @@ struct CodeRow {
     std::string_view meaning;
 };
 
-inline constexpr std::array<CodeRow, 15> kCodes = {{
+inline constexpr std::array<CodeRow, 19> kCodes = {{
     {Code::L101, "L101", "local recipient"},
     {Code::L102, "L102", "local domain, to the catch-all"},
     {Code::L103, "L103", "local domain, unknown address"},
@@ -51,6 +55,10 @@ inline constexpr std::array<CodeRow, 15> kCodes = {{
     {Code::B120, "B120", "denied: block list"},
     {Code::C130, "C130", "connection refused by the IP filter"},
     {Code::T140, "T140", "temporary failure (fail closed)"},
+    {Code::R150, "R150", "rate limit: connections"},
+    {Code::R151, "R151", "rate limit: messages"},
+    {Code::R152, "R152", "rate limit: recipients"},
+    {Code::R153, "R153", "rate limit: errors"},
     {Code::A000, "A000", "accepted: connection or MAIL passed every check"},
 }};
 

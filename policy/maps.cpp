@@ -20,6 +20,8 @@ std::string_view map_name(MapId id) {
             return "access";
         case MapId::users:
             return "users";
+        case MapId::rate_exempt:
+            return "rate_exempt";
         case MapId::count_:
             break;
     }

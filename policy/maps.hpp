@@ -20,6 +20,7 @@ enum class MapId : std::uint8_t {
     connection_filter,
     access,
     users,
+    rate_exempt,  // CIDR: clients the [rates] limits do not count (daemon/rates/limits.hpp)
     count_
 };
 

@@ -17,7 +17,7 @@ namespace {
 
 constexpr std::array<std::string_view, static_cast<std::size_t>(MapId::count_)> kNames = {
     "local_domains",     "local_addresses", "catch_all", "privileged_networks",
-    "connection_filter", "access",          "users",
+    "connection_filter", "access",          "users",     "rate_exempt",
 };
 
 bool is_blank(char c) {
@@ -143,11 +143,12 @@ std::optional<MapId> map_from_name(std::string_view name) {
 
 bool map_has_cidr_keys(MapId id) {
     return id == MapId::privileged_networks || id == MapId::connection_filter ||
-           id == MapId::access;
+           id == MapId::access || id == MapId::rate_exempt;
 }
 
 bool map_has_string_keys(MapId id) {
-    return id != MapId::privileged_networks && id != MapId::connection_filter;
+    return id != MapId::privileged_networks && id != MapId::connection_filter &&
+           id != MapId::rate_exempt;
 }
 
 std::optional<std::string> normalise_domain(std::string_view domain, std::string& error) {
@@ -399,7 +400,8 @@ EntryCheck normalise_entry(MapId map, std::string_view key, std::string_view val
             out = ok_entry(*d, std::nullopt, *t);
             break;
         }
-        case MapId::privileged_networks: {
+        case MapId::privileged_networks:
+        case MapId::rate_exempt: {
             auto c = cidr_key(key, err);
             if (!c) {
                 return key_error(err);

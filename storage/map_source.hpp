@@ -29,6 +29,7 @@
 //                                                              value: OK | REJECT [text] | DEFER
 //                                                              [text]
 //   users                user name, as written                 value: password hash (one token)
+//   rate_exempt          CIDR                                  value: optional name
 //
 // Trust: the source is operator-written, but every line is validated: a source with any
 // error publishes nothing, and every error is reported, as `FILE:LINE:COL: message`.

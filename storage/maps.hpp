@@ -146,7 +146,8 @@ class MapReader final : public policy::Maps {
     MapReader& operator=(const MapReader&) = delete;
 
     // `key` in canonical form (storage/map_source.hpp lists each map's key forms). On a
-    // CIDR-only map (privileged_networks, connection_filter) find() is always missing.
+    // CIDR-only map (privileged_networks, connection_filter, rate_exempt) find() is always
+    // missing.
     policy::Lookup find(MapId map, std::string_view key) const override;
     // Longest-prefix match: one MDB_SET_RANGE over the flattened ranges. Lookup::key is
     // the matching prefix ("10.1.0.0/16"), Lookup::source its FILE:LINE.

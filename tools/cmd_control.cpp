@@ -1,4 +1,4 @@
-// sluicectl reload | status | stats | explain | dns: the commands that ask the running daemon
+// sluicectl reload | status | stats | explain | dns | rates: the commands that ask the running daemon
 // (README.md), over its control socket (daemon/control.hpp, tools/control_client.hpp).
 //
 // Trust: run by the operator; arguments are validated here and again by the daemon.
@@ -12,6 +12,7 @@
 #include <iostream>
 #include <string>
 
+#include "common/net.hpp"
 #include "storage/spool.hpp"  // kSpoolStates: what each state means
 #include "tools/control_client.hpp"
 #include "tools/ctl.hpp"
@@ -54,6 +55,14 @@ constexpr const char* kDnsHelp =
     "and addresses (with the TTL left in the cache), the addresses a delivery would try in\n"
     "order, or the verdict (null MX, NXDOMAIN, a loop back to this host, a DNS failure)\n"
     "and the reply it gives. Exit 1 when the daemon cannot answer.\n";
+
+constexpr const char* kRatesHelp =
+    "usage: sluicectl [--config FILE] [--json] rates [CLIENT] [--socket PATH]\n"
+    "\n"
+    "The [rates] limits of the running sluiced and how full its counter table is; with\n"
+    "CLIENT (an IP address), each limit under the client's address and network keys: the\n"
+    "events counted now (GCRA level), the limit per interval, and whether one more would\n"
+    "be refused (and for how long). Reading counts nothing.\n";
 
 constexpr const char* kExplainHelp =
     "usage: sluicectl [--config FILE] [--json] explain --client IP --from ADDR --to ADDR\n"
@@ -383,6 +392,72 @@ int cmd_dns(const Args& args, const Options& opts) {
     }
     for (const auto& t : r.value("try", json::array())) {
         std::cout << "try:      " << t.get<std::string>() << "\n";
+    }
+    return kOk;
+}
+
+int cmd_rates(const Args& args, const Options& opts) {
+    if (wants_help(args)) {
+        std::cout << kRatesHelp;
+        return kOk;
+    }
+    Common c;
+    std::string error;
+    if (!common_args(args, c, error)) {
+        return fail(error);
+    }
+    if (c.rest.size() > 1) {
+        return fail("rates: unexpected argument \"" + c.rest[1] +
+                    "\" (see sluicectl rates --help)");
+    }
+    json request{{"cmd", "rates"}};
+    if (!c.rest.empty()) {
+        if (!parse_ip(c.rest[0])) {
+            return fail("rates: \"" + c.rest[0] + "\" is not an IP address");
+        }
+        request["client"] = c.rest[0];
+    }
+    int code = kOk;
+    auto reply = ask(opts, c, request, 30s, code);
+    if (!reply) {
+        return code;
+    }
+    if (!reply->value("ok", false)) {
+        return fail("rates: " + reply->value("error", std::string("failed")), kProblem);
+    }
+    if (opts.json) {
+        print_json(*reply);
+        return kOk;
+    }
+    const json& r = *reply;
+    const json& t = r["table"];
+    std::cout << "interval:  " << r.value("interval_ms", 0) << " ms, action "
+              << r.value("action", std::string()) << "\n";
+    std::cout << "table:     " << t.value("live", 0) << " live keys of " << t.value("capacity", 0)
+              << ", " << t.value("evictions_live", 0) << " forgotten before they decayed\n";
+    if (r.contains("client")) {
+        std::cout << "client:    " << r.value("client", std::string())
+                  << (r.value("exempt", false)
+                          ? " (exempt: " + r.value("exempt_by", std::string()) + ")"
+                          : "")
+                  << "\n";
+    }
+    for (const auto& l : r["limits"]) {
+        const auto limit = l.value("count", 0u);
+        std::cout << "  " << l.value("limit", std::string()) << "/"
+                  << l.value("key_kind", std::string());
+        if (l.contains("key")) {
+            std::cout << " " << l.value("key", std::string()) << " " << l.value("level", 0u) << "/"
+                      << (limit == 0 ? std::string("off") : std::to_string(limit));
+            if (l.value("over", false)) {
+                std::cout << " OVER, retry in " << l.value("retry_after_ms", 0) << " ms";
+            }
+        } else {
+            std::cout << " "
+                      << (limit == 0 ? std::string("off")
+                                     : std::to_string(limit) + " per interval");
+        }
+        std::cout << "\n";
     }
     return kOk;
 }

@@ -52,7 +52,7 @@ constexpr const char* kHelp =
     "  list    print every entry as a source line ('KEY VALUE'; --json adds the source)\n"
     "\n"
     "NAME is one of: local_domains local_addresses catch_all privileged_networks\n"
-    "                connection_filter access users\n";
+    "                connection_filter access users rate_exempt\n";
 
 std::string entry_json(const std::string& key, const std::string& value,
                        const std::string& source) {

@@ -53,6 +53,7 @@ int cmd_status(const Args& args, const Options& opts);
 int cmd_stats(const Args& args, const Options& opts);
 int cmd_explain(const Args& args, const Options& opts);
 int cmd_dns(const Args& args, const Options& opts);
+int cmd_rates(const Args& args, const Options& opts);
 int cmd_user(const Args& args, const Options& opts);
 // The spool, offline (tools/cmd_queue.cpp).
 int cmd_queue(const Args& args, const Options& opts);

@@ -57,6 +57,7 @@ const Command commands[] = {
      "run the live policy on one envelope: decision, code, rule, source", cmd_explain},
     {"dns", "dns DOMAIN [--json]",
      "what delivery by MX would do for DOMAIN: MX set, addresses, cached TTLs", cmd_dns},
+    {"rates", "rates [CLIENT]", "the [rates] limits; with CLIENT, its counters now", cmd_rates},
     {"map", "map build NAME SOURCE | map add NAME KEY [VALUE] | map del NAME KEY | map get NAME KEY | map list NAME",
      "build, edit and query the LMDB maps (published atomically)", cmd_map},
     {"check", "check [--json]", "lint config and maps for open-relay risks", cmd_check},
