@@ -137,6 +137,68 @@ def test_slow_http_clients_of_a_local_user_cannot_starve_healthz():
             attackers.wait()
 
 
+# Partial requests that are never finished, reopened the moment they are closed (evicted or
+# timed out): the fastest cycle through a cap that one local user can run.
+RECONNECTING_HTTP_CLIENTS = r"""
+import asyncio, sys, time
+port, n, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+end = time.time() + seconds
+async def client():
+    while time.time() < end:
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            while await r.read(100):
+                pass
+            w.close()
+        except OSError:
+            await asyncio.sleep(0.01)
+async def main():
+    tasks = [asyncio.create_task(client()) for _ in range(n)]
+    await asyncio.sleep(0.5)
+    print("ready", flush=True)
+    await asyncio.gather(*tasks)
+asyncio.run(main())
+"""
+
+
+def slow_probe(port, delay):
+    """A probe that waits `delay` seconds between connecting and sending (curl does a little
+    of that): its status or an error name."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            time.sleep(delay)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as e:
+        return type(e).__name__
+    return data.split(b"\r\n")[0].decode() or "closed without reply"
+
+
+def test_a_reconnect_loop_of_a_local_user_cannot_evict_a_probe():
+    with Daemon().enable_stats() as d:
+        attackers = subprocess.Popen(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-c", RECONNECTING_HTTP_CLIENTS, str(d.stats_port), "64", "120"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert attackers.stdout.readline().strip() == "ready", attackers.stderr.read()
+            results = [slow_probe(d.stats_port, delay) for delay in [0.02, 0.05, 0.1] * 8]
+            assert results == ["HTTP/1.1 200 OK"] * len(results), results
+            assert attackers.poll() is None
+            # The attackers did run into the cap and were evicted.
+            samples, _ = d.metrics()
+            assert samples[("sluice_stats_clients_evicted_total", frozenset())] > 0
+        finally:
+            attackers.kill()
+            attackers.wait()
+
+
 def test_idle_control_connections_do_not_lock_out_sluicectl():
     with Daemon() as d:
         idle = []
