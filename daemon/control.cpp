@@ -522,6 +522,7 @@ struct ControlServer::Client {
     std::array<char, 16 * 1024> buf{};
     int handles = 2;  // pipe + timer
     std::uint32_t uid = 0;
+    pid_t pid = 0;
     bool admitted = false;  // counted in admitted_ and per_uid_
     std::size_t writes_pending = 0;
     std::size_t bytes_pending = 0;
@@ -668,6 +669,7 @@ void ControlServer::on_connection(uv_stream_t* server, int status) {
         return;
     }
     c->uid = cred.uid;
+    c->pid = cred.pid;
     c->admitted = true;
     ++self->admitted_;
     ++self->per_uid_[cred.uid];
@@ -682,11 +684,25 @@ void ControlServer::on_connection(uv_stream_t* server, int status) {
 }
 
 bool ControlServer::make_room(std::uint32_t uid) {
-    // The oldest idle client goes (clients_ is in connection order): a stuck script's
-    // connections make way for the operator's, while a request in progress is never cut.
+    // The victim is an idle client of the process holding the most idle clients (SO_PEERCRED
+    // names it), the oldest of them (clients_ is in connection order): a stuck or hostile
+    // script that reconnects as fast as it is evicted cycles through its own connections
+    // and never reaches the operator's sluicectl, while a request in progress is never cut.
     auto evict_oldest_idle = [this](auto&& eligible, std::string_view reason) {
+        auto idle = [&](const Client& x) {
+            return x.admitted && !x.closing && !x.busy && eligible(x);
+        };
+        std::map<pid_t, std::size_t> held;
+        pid_t top = 0;
+        std::size_t most = 0;
         for (auto& [id, x] : clients_) {
-            if (x->admitted && !x->closing && !x->busy && eligible(*x)) {
+            if (idle(*x) && ++held[x->pid] > most) {
+                most = held[x->pid];
+                top = x->pid;
+            }
+        }
+        for (auto& [id, x] : clients_) {
+            if (most != 0 && idle(*x) && x->pid == top) {
                 ++evicted_;
                 std::uint64_t now = uv_now(loop_);
                 if (evicted_logged_ == 0 || now - last_evict_log_ms_ >= 10'000) {

@@ -21,9 +21,10 @@
 // served at once, a client that is silent for limits::idle_timeout_ms or does not read its
 // replies is closed, and a stale socket file is replaced but a live one is never stolen.
 // No script can lock operators out: past limits::max_clients_per_uid clients of one peer
-// uid, or limits::max_clients in all, a new client evicts the oldest one that has no
-// request in progress (of that uid, or of all); only when every one is busy is the new
-// client refused.
+// uid, or limits::max_clients in all, a new client evicts one that has no request in
+// progress (of that uid, or of all): the oldest of the peer process holding the most such
+// clients, so a script reconnecting in a loop only evicts its own; only when every one is
+// busy is the new client refused.
 
 #include <uv.h>
 

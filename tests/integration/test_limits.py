@@ -229,3 +229,50 @@ def test_idle_control_connections_do_not_lock_out_sluicectl():
         finally:
             for s in idle:
                 s.close()
+
+
+# Idle control connections, each reopened as soon as it is closed (evicted or timed out).
+RECONNECTING_CONTROL_CLIENTS = r"""
+import selectors, socket, sys, time
+path, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.time() + seconds
+sel = selectors.DefaultSelector()
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+for _ in range(n):
+    connect()
+print("ready", flush=True)
+while time.time() < end:
+    for key, _ in sel.select(0.1):
+        try:
+            data = key.fileobj.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            connect()
+"""
+
+
+def test_a_reconnect_loop_on_the_control_socket_cannot_evict_sluicectl():
+    with Daemon() as d:
+        idle = subprocess.Popen(
+            [sys.executable, "-c", RECONNECTING_CONTROL_CLIENTS, str(d.control_socket), "250",
+             "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert idle.stdout.readline().strip() == "ready", idle.stderr.read()
+            failed = []
+            for i in range(30):
+                r = d.ctl(["status", "stats", "reload"][i % 3], timeout=30)
+                if r.returncode != 0:
+                    failed.append(r.stdout + r.stderr)
+            assert failed == []
+            assert idle.poll() is None
+            assert d.ctl_json("stats")["clients_evicted"]["control"] > 0
+        finally:
+            idle.kill()
+            idle.wait()
