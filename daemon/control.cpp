@@ -736,8 +736,9 @@ void ControlServer::update_reading(Client& c) {
         return;
     }
     // Reading pauses while a request is in progress or replies pile up unread: the input
-    // a client can make us hold stays bounded by one read plus one line.
-    bool want = !c.busy && !c.eof && !c.close_after && c.bytes_pending < limits::max_output;
+    // a client can make us hold stays bounded by one read plus one line, its output by
+    // limits::pause_output plus one reply.
+    bool want = !c.busy && !c.eof && !c.close_after && c.bytes_pending < limits::pause_output;
     auto* s = reinterpret_cast<uv_stream_t*>(&c.pipe);
     if (want && !c.reading) {
         c.reading = uv_read_start(
@@ -778,7 +779,9 @@ void ControlServer::process(Client& c) {
         return;
     }
     c.processing = true;
-    while (!c.busy && !c.closing && !c.close_after) {
+    // Requests already read wait while replies are unread (limits::pause_output): a client
+    // that pipelines requests and never reads makes us hold no more than that.
+    while (!c.busy && !c.closing && !c.close_after && c.bytes_pending < limits::pause_output) {
         auto line = c.reader.next();
         if (!line && c.reader.overflow()) {
             c.close_after = true;
@@ -870,7 +873,7 @@ void ControlServer::write(Client& c, std::string text) {
                               return;
                           }
                           cl->server->update_reading(*cl);
-                          cl->server->maybe_finish(*cl);
+                          cl->server->process(*cl);  // requests held back by the pause
                       });
     if (rc != 0) {
         --c.writes_pending;

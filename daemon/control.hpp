@@ -17,9 +17,9 @@
 // ControlServer serves a Unix socket on the daemon's main loop. Trust: the socket is mode
 // 0660 and the peer's uid (SO_PEERCRED) must be root or the daemon's own; everything a
 // client sends is still validated. Promises: it never blocks the loop (non-blocking I/O,
-// reading stops while a request is in progress so input stays bounded), many clients are
-// served at once, a client that is silent for limits::idle_timeout_ms or does not read its
-// replies is closed, and a stale socket file is replaced but a live one is never stolen.
+// reading stops while a request is in progress or limits::pause_output of replies are
+// unread, so input and output held per client stay bounded), many clients are served at
+// once, a client that is silent for limits::idle_timeout_ms is closed, and a stale socket file is replaced but a live one is never stolen.
 // No script can lock operators out: past limits::max_clients_per_uid clients of one peer
 // uid, or limits::max_clients in all, a new client evicts one that has no request in
 // progress (of that uid, or of all): the oldest of the peer process holding the most such
@@ -51,6 +51,7 @@ inline constexpr std::size_t max_clients = 256;             // one more evicts t
 inline constexpr std::size_t max_clients_per_uid = 64;      // of one peer uid, likewise
 inline constexpr std::uint64_t idle_timeout_ms = 5'000;     // silent client: closed
 inline constexpr std::size_t max_output = 4 * 1024 * 1024;  // unread replies: closed beyond
+inline constexpr std::size_t pause_output = 64 * 1024;      // unread replies: no more requests
 inline constexpr int backlog = 128;
 }  // namespace limits
 

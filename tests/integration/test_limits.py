@@ -276,3 +276,58 @@ def test_a_reconnect_loop_on_the_control_socket_cannot_evict_sluicectl():
         finally:
             idle.kill()
             idle.wait()
+
+
+# Control clients that pipeline `stats` requests as fast as they can and never read a reply.
+PIPELINING_CONTROL_CLIENTS = r"""
+import socket, sys, time
+path, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.setblocking(False)
+    socks.append(s)
+print("ready", flush=True)
+line = b'{"cmd":"stats"}\n' * 200
+end = time.time() + seconds
+while time.time() < end:
+    for s in socks:
+        try:
+            s.send(line)
+        except OSError:
+            pass
+    time.sleep(0.01)
+time.sleep(3600)
+"""
+
+
+def peak_rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_pipelined_control_requests_that_are_never_read_hold_bounded_memory():
+    with Daemon() as d:
+        before = peak_rss_kib(d.proc.pid)
+        flood = subprocess.Popen(
+            [sys.executable, "-c", PIPELINING_CONTROL_CLIENTS, str(d.control_socket), "60", "4"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert flood.stdout.readline().strip() == "ready", flood.stderr.read()
+            # The operator is served meanwhile.
+            for _ in range(3):
+                r = d.ctl("status", timeout=30)
+                assert r.returncode == 0, r.stdout + r.stderr
+                time.sleep(1)
+            time.sleep(2)  # the flood's 4 s are over
+            assert d.ctl("status", timeout=30).returncode == 0
+            # Each client is held to one read and about limits::pause_output (64 KiB) of
+            # replies: 60 clients, a few MiB. Without the pause this went past 400 MiB.
+            grown = peak_rss_kib(d.proc.pid) - before
+            assert grown < 64 * 1024, f"peak RSS grew by {grown} KiB"
+        finally:
+            flood.kill()
+            flood.wait()
