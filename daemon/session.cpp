@@ -620,6 +620,12 @@ void Session::end_of_data(Clock::time_point now) {
         state_ = State::command;
         reply(r);
         reset_transaction();
+        if (draining_) {
+            // The message in flight has had its answer: the drain goes on as for one that
+            // was accepted (finish_commit()).
+            reply(Reply::shutting_down);
+            close("shutdown");
+        }
     };
     if (data_->oversized()) {
         return done(Reply::size_exceeded, "size");
