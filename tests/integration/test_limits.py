@@ -59,6 +59,56 @@ def test_noop_trickler_is_closed_at_the_command_deadline():
         assert time.time() - start < 30
 
 
+def trickle(c, commands, interval=0.3, seconds=30):
+    """Sends `commands` round and round, one every `interval` s, until the session is closed
+    or `seconds` pass: the last reply's code (None if it ran out of time)."""
+    start = time.time()
+    i = 0
+    while time.time() - start < seconds:
+        try:
+            got = code(c.cmd(commands[i % len(commands)]))
+        except (OSError, EOFError):
+            return "closed"
+        if got[:1] not in ("2", "3"):
+            return got
+        i += 1
+        time.sleep(interval)
+    return None
+
+
+def test_transactions_that_are_reset_in_a_loop_are_closed_at_the_command_deadline():
+    with Daemon(limits='command_deadline = "2s"') as d:
+        for commands in (["MAIL FROM:<a@outside.test>", "RSET"],
+                         ["MAIL FROM:<a@outside.test>", "NOOP", "RCPT TO:<user@example.test>",
+                          "NOOP", "NOOP", "RSET"]):
+            c = Raw(d.port)
+            c.cmd("EHLO client.test")
+            assert trickle(c, commands) == "421 4.4.2", commands
+            assert c.closed()
+
+
+def test_a_client_sending_messages_with_rset_and_pauses_between_them_stays():
+    with Daemon(limits='command_deadline = "2s"') as d:
+        c = Raw(d.port)
+        c.cmd("EHLO client.test")
+        start = time.time()
+        n = 0
+        while time.time() - start < 8:  # four deadlines
+            assert code(c.cmd("RSET")) == "250 2.0.0"
+            if n == 1:
+                time.sleep(3)  # one pause after RSET, longer than the deadline
+            assert code(c.cmd("MAIL FROM:<a@outside.test>")) == "250 2.1.0"
+            assert code(c.cmd("NOOP")) == "250 2.0.0"
+            assert code(c.cmd("RCPT TO:<user@example.test>")) == "250 2.1.5"
+            time.sleep(1.2)  # the session's once-a-second tick looks at the run meanwhile
+            assert code(c.cmd("NOOP")) == "250 2.0.0"
+            assert c.cmd("DATA")[0].startswith("354")
+            assert code(c.cmd(f"Subject: {n}\r\n\r\nbody\r\n.")) == "250 2.0.0"
+            n += 1
+            time.sleep(0.3)
+        assert code(c.cmd("QUIT")) == "221 2.0.0"
+
+
 # Slow HTTP clients, run as `nobody` (any local user can do this): each opens a connection,
 # sends part of a request and then a byte now and then, and reconnects as soon as it is
 # closed. Prints "ready" once every client has connected once.
