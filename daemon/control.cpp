@@ -652,9 +652,18 @@ void ControlServer::on_connection(uv_stream_t* server, int status) {
     bool known = uv_fileno(reinterpret_cast<uv_handle_t*>(&c->pipe), &fd) == 0 &&
                  ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
     if (!known || (cred.uid != 0 && cred.uid != ::geteuid())) {
-        LogLine(Level::warn, "control_refused")
-            .kv("uid", known ? static_cast<std::int64_t>(cred.uid) : -1)
-            .kv("pid", known ? static_cast<std::int64_t>(cred.pid) : -1);
+        // A refused peer can reconnect in a loop: one line per 10 s at most, with the number
+        // of refusals since the previous line (as for evictions).
+        ++self->refused_;
+        std::uint64_t now = uv_now(self->loop_);
+        if (self->refused_logged_ == 0 || now - self->last_refused_log_ms_ >= 10'000) {
+            LogLine(Level::warn, "control_refused")
+                .kv("uid", known ? static_cast<std::int64_t>(cred.uid) : -1)
+                .kv("pid", known ? static_cast<std::int64_t>(cred.pid) : -1)
+                .kv("refused", self->refused_ - self->refused_logged_);
+            self->refused_logged_ = self->refused_;
+            self->last_refused_log_ms_ = now;
+        }
         c->close_after = true;
         auto reply = error_reply("permission denied: uid " +
                                  (known ? std::to_string(cred.uid) : std::string("unknown")) +

@@ -381,3 +381,25 @@ def test_pipelined_control_requests_that_are_never_read_hold_bounded_memory():
         finally:
             flood.kill()
             flood.wait()
+
+
+def test_refused_control_peers_are_logged_at_most_once_per_period():
+    with Daemon() as d:
+        # Let a user of another uid reach the socket, so the daemon's own check refuses it.
+        os.chmod(d.dir, 0o711)
+        os.chmod(d.control_socket, 0o666)
+        flood = subprocess.Popen(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-c", RECONNECTING_CONTROL_CLIENTS, str(d.control_socket), "50",
+             "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert flood.stdout.readline().strip() == "ready", flood.stderr.read()
+            assert flood.wait(timeout=60) == 0, flood.stderr.read()
+        finally:
+            flood.kill()
+            flood.wait()
+        assert d.ctl("status", timeout=30).returncode == 0
+        lines = d.log_lines("control_refused")
+        assert lines and "refused=1" in lines[0] and "uid=65534" in lines[0], lines
+        # Hundreds of refusals in 3 s, one line (a second one if a 10 s period ended).
+        assert len(lines) <= 2, len(lines)
