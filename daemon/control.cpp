@@ -610,6 +610,7 @@ std::string ControlServer::listen(const std::string& path) {
 }
 
 void ControlServer::close() {
+    evict_log_.close();
     if (pipe_ != nullptr) {
         uv_close(reinterpret_cast<uv_handle_t*>(pipe_),
                  [](uv_handle_t* x) { delete reinterpret_cast<uv_pipe_t*>(x); });
@@ -713,15 +714,7 @@ bool ControlServer::make_room(std::uint32_t uid) {
         for (auto& [id, x] : clients_) {
             if (most != 0 && idle(*x) && x->pid == top) {
                 ++evicted_;
-                std::uint64_t now = uv_now(loop_);
-                if (evicted_logged_ == 0 || now - last_evict_log_ms_ >= 10'000) {
-                    LogLine(Level::warn, "control_evicted")
-                        .kv("uid", static_cast<std::uint64_t>(x->uid))
-                        .kv("reason", reason)
-                        .kv("evicted", evicted_ - evicted_logged_);
-                    evicted_logged_ = evicted_;
-                    last_evict_log_ms_ = now;
-                }
+                evict_log_.note(reason, std::to_string(x->uid));  // daemon/flood_log.hpp
                 close_client(*x);
                 return true;
             }

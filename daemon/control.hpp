@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "common/config.hpp"
+#include "daemon/flood_log.hpp"
 #include "daemon/session.hpp"
 #include "policy/maps.hpp"
 #include "daemon/dns/destination.hpp"
@@ -223,8 +224,7 @@ class ControlServer {
     std::map<std::uint32_t, std::size_t> per_uid_;  // admitted clients by peer uid
     std::size_t admitted_ = 0;
     std::uint64_t evicted_ = 0;
-    std::uint64_t evicted_logged_ = 0;  // evictions already reported in the log
-    std::uint64_t last_evict_log_ms_ = 0;
+    FloodLog evict_log_{loop_, "control_evicted", "uid", "evicted"};
     std::uint64_t refused_ = 0;  // peers of another uid, likewise
     std::uint64_t refused_logged_ = 0;
     std::uint64_t last_refused_log_ms_ = 0;

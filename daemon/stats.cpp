@@ -532,6 +532,7 @@ void StatsServer::stop_listening() {
 void StatsServer::close() {
     closed_ = true;
     stop_listening();
+    evict_log_.close();
     std::vector<Client*> clients(clients_.begin(), clients_.end());
     for (Client* c : clients) {
         close_client(*c);
@@ -648,17 +649,9 @@ void StatsServer::make_room(const IpAddr& peer) {
 
 void StatsServer::evict(Client& c, std::string_view reason) {
     ++evicted_;
-    // Under a flood this happens thousands of times a second: one line per 10 s at most,
-    // with the number of evictions since the previous line.
-    std::uint64_t now = uv_now(loop_);
-    if (evicted_logged_ == 0 || now - last_evict_log_ms_ >= 10'000) {
-        LogLine(Level::warn, "stats_evicted")
-            .kv("client", format_ip(c.peer))
-            .kv("reason", reason)
-            .kv("evicted", evicted_ - evicted_logged_);
-        evicted_logged_ = evicted_;
-        last_evict_log_ms_ = now;
-    }
+    // Under a flood this happens thousands of times a second: one line per reason and 10 s
+    // at most, with the number of evictions it reports (daemon/flood_log.hpp).
+    evict_log_.note(reason, format_ip(c.peer));
     close_client(c);
 }
 

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "common/net.hpp"
+#include "daemon/flood_log.hpp"
 #include "daemon/http.hpp"
 #include "daemon/metrics.hpp"
 
@@ -169,8 +170,7 @@ class StatsServer {
     std::list<Client*> clients_;  // in the order they were accepted: oldest first
     std::map<IpAddr, std::size_t> per_address_;
     std::uint64_t evicted_ = 0;
-    std::uint64_t evicted_logged_ = 0;  // evictions already reported in the log
-    std::uint64_t last_evict_log_ms_ = 0;
+    FloodLog evict_log_{loop_, "stats_evicted", "client", "evicted"};
     bool draining_ = false;
     bool closed_ = false;
     std::uint64_t requests_ = 0;

@@ -403,3 +403,27 @@ def test_refused_control_peers_are_logged_at_most_once_per_period():
         assert lines and "refused=1" in lines[0] and "uid=65534" in lines[0], lines
         # Hundreds of refusals in 3 s, one line (a second one if a 10 s period ended).
         assert len(lines) <= 2, len(lines)
+
+
+def test_a_burst_of_evictions_is_reported_whole_without_a_later_eviction():
+    with Daemon() as d:
+        idle = []
+        try:
+            for _ in range(200):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(str(d.control_socket))
+                idle.append(s)
+            assert d.ctl("status", timeout=30).returncode == 0
+            evicted = d.ctl_json("stats")["clients_evicted"]["control"]
+            assert evicted >= 200 - 64
+
+            def reported():
+                return sum(int(f.split("=")[1]) for l in d.log_lines("control_evicted")
+                           for f in l.split() if f.startswith("evicted="))
+            # The first eviction is logged at once, the rest of the burst when its 10 s
+            # period ends: no further eviction is needed for them to appear.
+            assert wait_for(lambda: reported() == evicted, seconds=40), d.log_lines("control_evicted")
+            assert all("reason=uid_limit" in l for l in d.log_lines("control_evicted"))
+        finally:
+            for s in idle:
+                s.close()
