@@ -117,7 +117,7 @@ const Key<Config> config_keys[] = {
         [](Config& c, const Value& v) { c.limits.command_timeout = v.d; }},
     {"limits", "data_timeout", Kind::duration, "10m", 1000, 3'600'000, "", "whole-DATA deadline (RFC 5321 §4.5.3.2.6)",
         [](Config& c, const Value& v) { c.limits.data_timeout = v.d; }},
-    {"limits", "command_deadline", Kind::duration, "1m", 1000, 3'600'000, "", "time allowed to send one command line, however it trickles in",
+    {"limits", "command_deadline", Kind::duration, "1m", 1000, 3'600'000, "", "time allowed to send one command line, however it trickles in, and for a run of junk commands (NOOP, RSET, HELP, VRFY, repeated EHLO/HELO; MAIL and RCPT do not end it) between transactions",
         [](Config& c, const Value& v) { c.limits.command_deadline = v.d; }},
     {"limits", "min_data_rate", Kind::size, "1KiB", 0, 1ll << 30, "", "slowest average DATA rate per second before 421 4.4.2",
         [](Config& c, const Value& v) { c.limits.min_data_rate = v.u; }},

@@ -524,6 +524,7 @@ struct ControlServer::Client {
     std::array<char, 16 * 1024> buf{};
     int handles = 2;  // pipe + timer
     std::uint32_t uid = 0;
+    pid_t pid = 0;
     bool admitted = false;  // counted in admitted_ and per_uid_
     std::size_t writes_pending = 0;
     std::size_t bytes_pending = 0;
@@ -611,6 +612,7 @@ std::string ControlServer::listen(const std::string& path) {
 }
 
 void ControlServer::close() {
+    evict_log_.close();
     if (pipe_ != nullptr) {
         uv_close(reinterpret_cast<uv_handle_t*>(pipe_),
                  [](uv_handle_t* x) { delete reinterpret_cast<uv_pipe_t*>(x); });
@@ -653,9 +655,18 @@ void ControlServer::on_connection(uv_stream_t* server, int status) {
     bool known = uv_fileno(reinterpret_cast<uv_handle_t*>(&c->pipe), &fd) == 0 &&
                  ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
     if (!known || (cred.uid != 0 && cred.uid != ::geteuid())) {
-        LogLine(Level::warn, "control_refused")
-            .kv("uid", known ? static_cast<std::int64_t>(cred.uid) : -1)
-            .kv("pid", known ? static_cast<std::int64_t>(cred.pid) : -1);
+        // A refused peer can reconnect in a loop: one line per 10 s at most, with the number
+        // of refusals since the previous line (as for evictions).
+        ++self->refused_;
+        std::uint64_t now = uv_now(self->loop_);
+        if (self->refused_logged_ == 0 || now - self->last_refused_log_ms_ >= 10'000) {
+            LogLine(Level::warn, "control_refused")
+                .kv("uid", known ? static_cast<std::int64_t>(cred.uid) : -1)
+                .kv("pid", known ? static_cast<std::int64_t>(cred.pid) : -1)
+                .kv("refused", self->refused_ - self->refused_logged_);
+            self->refused_logged_ = self->refused_;
+            self->last_refused_log_ms_ = now;
+        }
         c->close_after = true;
         auto reply = error_reply("permission denied: uid " +
                                  (known ? std::to_string(cred.uid) : std::string("unknown")) +
@@ -670,6 +681,7 @@ void ControlServer::on_connection(uv_stream_t* server, int status) {
         return;
     }
     c->uid = cred.uid;
+    c->pid = cred.pid;
     c->admitted = true;
     ++self->admitted_;
     ++self->per_uid_[cred.uid];
@@ -684,21 +696,27 @@ void ControlServer::on_connection(uv_stream_t* server, int status) {
 }
 
 bool ControlServer::make_room(std::uint32_t uid) {
-    // The oldest idle client goes (clients_ is in connection order): a stuck script's
-    // connections make way for the operator's, while a request in progress is never cut.
+    // The victim is an idle client of the process holding the most idle clients (SO_PEERCRED
+    // names it), the oldest of them (clients_ is in connection order): a stuck or hostile
+    // script that reconnects as fast as it is evicted cycles through its own connections
+    // and never reaches the operator's sluicectl, while a request in progress is never cut.
     auto evict_oldest_idle = [this](auto&& eligible, std::string_view reason) {
+        auto idle = [&](const Client& x) {
+            return x.admitted && !x.closing && !x.busy && eligible(x);
+        };
+        std::map<pid_t, std::size_t> held;
+        pid_t top = 0;
+        std::size_t most = 0;
         for (auto& [id, x] : clients_) {
-            if (x->admitted && !x->closing && !x->busy && eligible(*x)) {
+            if (idle(*x) && ++held[x->pid] > most) {
+                most = held[x->pid];
+                top = x->pid;
+            }
+        }
+        for (auto& [id, x] : clients_) {
+            if (most != 0 && idle(*x) && x->pid == top) {
                 ++evicted_;
-                std::uint64_t now = uv_now(loop_);
-                if (evicted_logged_ == 0 || now - last_evict_log_ms_ >= 10'000) {
-                    LogLine(Level::warn, "control_evicted")
-                        .kv("uid", static_cast<std::uint64_t>(x->uid))
-                        .kv("reason", reason)
-                        .kv("evicted", evicted_ - evicted_logged_);
-                    evicted_logged_ = evicted_;
-                    last_evict_log_ms_ = now;
-                }
+                evict_log_.note(reason, std::to_string(x->uid));  // daemon/flood_log.hpp
                 close_client(*x);
                 return true;
             }
@@ -722,8 +740,9 @@ void ControlServer::update_reading(Client& c) {
         return;
     }
     // Reading pauses while a request is in progress or replies pile up unread: the input
-    // a client can make us hold stays bounded by one read plus one line.
-    bool want = !c.busy && !c.eof && !c.close_after && c.bytes_pending < limits::max_output;
+    // a client can make us hold stays bounded by one read plus one line, its output by
+    // limits::pause_output plus one reply.
+    bool want = !c.busy && !c.eof && !c.close_after && c.bytes_pending < limits::pause_output;
     auto* s = reinterpret_cast<uv_stream_t*>(&c.pipe);
     if (want && !c.reading) {
         c.reading = uv_read_start(
@@ -764,7 +783,9 @@ void ControlServer::process(Client& c) {
         return;
     }
     c.processing = true;
-    while (!c.busy && !c.closing && !c.close_after) {
+    // Requests already read wait while replies are unread (limits::pause_output): a client
+    // that pipelines requests and never reads makes us hold no more than that.
+    while (!c.busy && !c.closing && !c.close_after && c.bytes_pending < limits::pause_output) {
         auto line = c.reader.next();
         if (!line && c.reader.overflow()) {
             c.close_after = true;
@@ -856,7 +877,7 @@ void ControlServer::write(Client& c, std::string text) {
                               return;
                           }
                           cl->server->update_reading(*cl);
-                          cl->server->maybe_finish(*cl);
+                          cl->server->process(*cl);  // requests held back by the pause
                       });
     if (rc != 0) {
         --c.writes_pending;

@@ -19,13 +19,17 @@
 // ControlServer serves a Unix socket on the daemon's main loop. Trust: the socket is mode
 // 0660 and the peer's uid (SO_PEERCRED) must be root or the daemon's own; everything a
 // client sends is still validated. Promises: it never blocks the loop (non-blocking I/O,
-// reading stops while a request is in progress so input stays bounded), many clients are
-// served at once, a client that is silent for limits::idle_timeout_ms or does not read its
-// replies is closed, and a stale socket file is replaced but a live one is never stolen.
+// reading stops while a request is in progress or limits::pause_output of replies are
+// unread, so input and output held per client stay bounded), many clients are served at
+// once, a client is closed limits::idle_timeout_ms after it connected or after its last
+// reply unless a request is in progress (the timer restarts on replies only: blank-line
+// keep-alives and a request trickled in part do not extend it), and a stale socket file is
+// replaced but a live one is never stolen.
 // No script can lock operators out: past limits::max_clients_per_uid clients of one peer
-// uid, or limits::max_clients in all, a new client evicts the oldest one that has no
-// request in progress (of that uid, or of all); only when every one is busy is the new
-// client refused.
+// uid, or limits::max_clients in all, a new client evicts one that has no request in
+// progress (of that uid, or of all): the oldest of the peer process holding the most such
+// clients, so a script reconnecting in a loop only evicts its own; only when every one is
+// busy is the new client refused.
 
 #include <uv.h>
 
@@ -40,6 +44,7 @@
 #include <vector>
 
 #include "common/config.hpp"
+#include "daemon/flood_log.hpp"
 #include "daemon/session.hpp"
 #include "policy/maps.hpp"
 #include "daemon/dns/destination.hpp"
@@ -50,8 +55,9 @@ namespace limits {
 inline constexpr std::size_t line = 64 * 1024;              // request line, octets
 inline constexpr std::size_t max_clients = 256;             // one more evicts the oldest idle
 inline constexpr std::size_t max_clients_per_uid = 64;      // of one peer uid, likewise
-inline constexpr std::uint64_t idle_timeout_ms = 5'000;     // silent client: closed
+inline constexpr std::uint64_t idle_timeout_ms = 5'000;     // after connect or a reply: closed
 inline constexpr std::size_t max_output = 4 * 1024 * 1024;  // unread replies: closed beyond
+inline constexpr std::size_t pause_output = 64 * 1024;      // unread replies: no more requests
 inline constexpr int backlog = 128;
 }  // namespace limits
 
@@ -225,8 +231,10 @@ class ControlServer {
     std::map<std::uint32_t, std::size_t> per_uid_;  // admitted clients by peer uid
     std::size_t admitted_ = 0;
     std::uint64_t evicted_ = 0;
-    std::uint64_t evicted_logged_ = 0;  // evictions already reported in the log
-    std::uint64_t last_evict_log_ms_ = 0;
+    FloodLog evict_log_{loop_, "control_evicted", "uid", "evicted"};
+    std::uint64_t refused_ = 0;  // peers of another uid, likewise
+    std::uint64_t refused_logged_ = 0;
+    std::uint64_t last_refused_log_ms_ = 0;
     std::uint64_t next_id_ = 1;
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // Respond checks it
 };

@@ -350,8 +350,19 @@ bool Session::count_junk(Verb verb, Clock::time_point now) {
     bool junk = verb == Verb::noop || verb == Verb::rset || verb == Verb::help ||
                 verb == Verb::vrfy ||
                 ((verb == Verb::ehlo || verb == Verb::helo) && !helo_.empty());
-    if (!junk) {
+    // A client that pauses (longer than the deadline) was idle, not trickling: the first
+    // such pause since the last progress starts the run afresh; a second one does not, or a
+    // command sent every deadline and a second would never be closed.
+    if (junk_run_ != 0 && !pause_forgiven_ && now - last_command_ >= cfg_.limits.command_deadline) {
+        pause_forgiven_ = true;
         junk_run_ = 0;
+    }
+    last_command_ = now;
+    if (!junk) {
+        // MAIL, RCPT and DATA do not end the run: a transaction that is then reset was no
+        // progress, so MAIL and RSET in a loop is held to the command deadline like NOOPs.
+        // Only a transaction that reaches the end of DATA ends it (finish_commit(),
+        // end_of_data()).
         return true;
     }
     if (++junk_ > cfg_.limits.junk_commands) {
@@ -632,8 +643,16 @@ void Session::end_of_data(Clock::time_point now) {
             .kv("reason", why)
             .kv("reply", reply_line(r));
         state_ = State::command;
+        junk_run_ = 0;  // a transaction came to its end: progress, as in finish_commit()
+        pause_forgiven_ = false;
         reply(r);
         reset_transaction();
+        if (draining_) {
+            // The message in flight has had its answer: the drain goes on as for one that
+            // was accepted (finish_commit()).
+            reply(Reply::shutting_down);
+            close("shutdown");
+        }
     };
     if (data_->oversized()) {
         return done(Reply::size_exceeded, "size");
@@ -692,6 +711,8 @@ void Session::finish_commit(MsgResult result, Reply r, std::string_view arg,
         ++messages_;
         junk_ = 0;  // a message accepted forgives them, as in Postfix's smtpd
     }
+    junk_run_ = 0;  // a transaction came to its end: progress
+    pause_forgiven_ = false;
     p_.metrics->messages[static_cast<int>(result)].add();
     reply(r, arg);
     reset_transaction();
@@ -736,9 +757,11 @@ void Session::tick(Clock::time_point now) {
             }
             return;
         case State::command:
-            // A run of junk commands is held to the deadline of one command line, so a
-            // client trickling NOOPs is closed like one trickling bytes; a single RSET
-            // or NOOP followed by silence is only idle (command_timeout).
+            // A run of junk commands (and the MAIL, RCPT and DATA between them) since the
+            // last transaction that reached the end of DATA is held to the deadline of one
+            // command line, so a client trickling NOOPs, or MAIL and RSET, is closed like
+            // one trickling bytes; a single RSET or NOOP followed by silence is only idle
+            // (command_timeout).
             if (now - last_input_ >= cfg_.limits.command_timeout ||
                 (line_started_ && now - *line_started_ >= cfg_.limits.command_deadline) ||
                 (junk_run_ >= 2 && now - junk_since_ >= cfg_.limits.command_deadline)) {

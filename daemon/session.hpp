@@ -211,7 +211,8 @@ class Session {
     bool draining_ = false;
     std::uint32_t errors_ = 0;
     // Commands that do not advance a transaction (limits.junk_commands), and the run of
-    // them since the last command that did: its start and length (see Session::tick).
+    // them since the last transaction that reached the end of DATA: its start and length
+    // (see Session::tick).
     std::uint32_t junk_ = 0;
     std::uint32_t junk_run_ = 0;
     Clock::time_point junk_since_;
@@ -221,6 +222,8 @@ class Session {
     std::string tarpit_arg_;
     Clock::time_point tarpit_until_;
     State tarpit_resume_ = State::command;
+    Clock::time_point last_command_;
+    bool pause_forgiven_ = false;  // one pause since the last progress restarted the run
     std::string close_reason_;
     std::string pending_id_;  // queue id of the message in DATA or being committed
     // body_: where the client's content starts (after our Received: field).

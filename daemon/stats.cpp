@@ -1,12 +1,18 @@
 #include "daemon/stats.hpp"
 
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "common/fd.hpp"
 #include "common/log.hpp"
 #include "daemon/rates/limits.hpp"
 #include "policy/policy.hpp"
@@ -406,6 +412,77 @@ nlohmann::json to_json(const Totals& t) {
 // ---------------------------------------------------------------------------------------
 // StatsServer
 
+namespace {
+
+// The uid owning the other end of `fd` when that end is a socket on this host, from the
+// kernel's socket table (sock_diag(7), an exact lookup of one TCP socket: no dump, no
+// privilege). -1 when the peer is not local or the lookup is not available.
+std::int64_t local_peer_uid(int fd) {
+    sockaddr_storage self{};
+    sockaddr_storage peer{};
+    socklen_t self_len = sizeof self;
+    socklen_t peer_len = sizeof peer;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&self), &self_len) != 0 ||
+        ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
+        self.ss_family != peer.ss_family) {
+        return -1;
+    }
+    struct {
+        nlmsghdr nlh;
+        inet_diag_req_v2 req;
+    } msg{};
+    msg.nlh.nlmsg_len = sizeof msg;
+    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    msg.nlh.nlmsg_flags = NLM_F_REQUEST;
+    msg.req.sdiag_family = static_cast<std::uint8_t>(peer.ss_family);
+    msg.req.sdiag_protocol = IPPROTO_TCP;
+    msg.req.idiag_states = ~0U;
+    auto& id = msg.req.id;
+    // The peer's socket: its source is our peer, its destination is us.
+    if (peer.ss_family == AF_INET) {
+        const auto& p = reinterpret_cast<const sockaddr_in&>(peer);
+        const auto& l = reinterpret_cast<const sockaddr_in&>(self);
+        id.idiag_sport = p.sin_port;
+        id.idiag_dport = l.sin_port;
+        std::memcpy(id.idiag_src, &p.sin_addr, sizeof p.sin_addr);
+        std::memcpy(id.idiag_dst, &l.sin_addr, sizeof l.sin_addr);
+    } else if (peer.ss_family == AF_INET6) {
+        const auto& p = reinterpret_cast<const sockaddr_in6&>(peer);
+        const auto& l = reinterpret_cast<const sockaddr_in6&>(self);
+        id.idiag_sport = p.sin6_port;
+        id.idiag_dport = l.sin6_port;
+        std::memcpy(id.idiag_src, &p.sin6_addr, sizeof p.sin6_addr);
+        std::memcpy(id.idiag_dst, &l.sin6_addr, sizeof l.sin6_addr);
+    } else {
+        return -1;
+    }
+    id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+    id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+    Fd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+    if (!nl.valid()) {
+        return -1;
+    }
+    sockaddr_nl kernel{};
+    kernel.nl_family = AF_NETLINK;
+    if (::sendto(nl.get(), &msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&kernel),
+                 sizeof kernel) != static_cast<ssize_t>(sizeof msg)) {
+        return -1;
+    }
+    // The kernel answers within sendto(): the reply is queued by now.
+    alignas(nlmsghdr) char buf[1024];
+    ssize_t n = ::recv(nl.get(), buf, sizeof buf, MSG_DONTWAIT);
+    if (n < static_cast<ssize_t>(NLMSG_LENGTH(sizeof(inet_diag_msg)))) {
+        return -1;
+    }
+    auto* h = reinterpret_cast<nlmsghdr*>(buf);
+    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) {
+        return -1;  // NLMSG_ERROR: no such socket here, the peer is remote
+    }
+    return static_cast<const inet_diag_msg*>(NLMSG_DATA(h))->idiag_uid;
+}
+
+}  // namespace
+
 struct StatsServer::Listener {
     uv_tcp_t tcp{};
 };
@@ -421,6 +498,7 @@ struct StatsServer::Client {
     std::array<char, 4096> buf{};
     std::size_t discarded = 0;
     IpAddr peer;
+    std::int64_t uid = -1;             // the local user whose socket the peer is; -1: not local
     std::list<Client*>::iterator pos;  // in StatsServer::clients_ once `listed`
     bool listed = false;
     int handles = 2;  // tcp + timer; freed when both close callbacks ran
@@ -470,6 +548,7 @@ void StatsServer::stop_listening() {
 void StatsServer::close() {
     closed_ = true;
     stop_listening();
+    evict_log_.close();
     std::vector<Client*> clients(clients_.begin(), clients_.end());
     for (Client* c : clients) {
         close_client(*c);
@@ -495,6 +574,10 @@ void StatsServer::on_connection(uv_stream_t* server, int status) {
     int len = sizeof ss;
     uv_tcp_getpeername(&c->tcp, reinterpret_cast<sockaddr*>(&ss), &len);
     c->peer = ip_from_sockaddr(reinterpret_cast<sockaddr*>(&ss));
+    uv_os_fd_t fd = -1;
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&c->tcp), &fd) == 0) {
+        c->uid = local_peer_uid(fd);
+    }
     self->make_room(c->peer);
     c->pos = self->clients_.insert(self->clients_.end(), c);
     c->listed = true;
@@ -527,12 +610,35 @@ void StatsServer::read_now(Client& c) {
 }
 
 void StatsServer::make_room(const IpAddr& peer) {
-    // The victim is the client that has waited longest (the list is in accept order), one
-    // already answered and lingering first: it has had its reply.
+    // The victim belongs to the owner (local user, else address) holding the most eligible
+    // clients: a flood of one owner, reconnecting as fast as it is evicted, cycles through
+    // its own slots and never reaches a probe of another owner. Of that owner's clients, one
+    // already answered and lingering goes first (it has had its reply), else the one that
+    // has waited longest (the list is in accept order).
     auto pick = [this](auto&& eligible) -> Client* {
-        Client* oldest = nullptr;
+        using Owner = std::pair<std::int64_t, IpAddr>;
+        auto owner = [](const Client& x) {
+            return x.uid >= 0 ? Owner{x.uid, IpAddr{}} : Owner{-1, x.peer};
+        };
+        std::map<Owner, std::size_t> held;
+        const Owner* top = nullptr;
+        std::size_t most = 0;
         for (Client* x : clients_) {
             if (!eligible(*x)) {
+                continue;
+            }
+            auto [it, _] = held.try_emplace(owner(*x), 0);
+            if (++it->second > most) {
+                most = it->second;
+                top = &it->first;
+            }
+        }
+        if (top == nullptr) {
+            return nullptr;
+        }
+        Client* oldest = nullptr;
+        for (Client* x : clients_) {
+            if (!eligible(*x) || owner(*x) != *top) {
                 continue;
             }
             if (x->responded) {
@@ -559,17 +665,9 @@ void StatsServer::make_room(const IpAddr& peer) {
 
 void StatsServer::evict(Client& c, std::string_view reason) {
     ++evicted_;
-    // Under a flood this happens thousands of times a second: one line per 10 s at most,
-    // with the number of evictions since the previous line.
-    std::uint64_t now = uv_now(loop_);
-    if (evicted_logged_ == 0 || now - last_evict_log_ms_ >= 10'000) {
-        LogLine(Level::warn, "stats_evicted")
-            .kv("client", format_ip(c.peer))
-            .kv("reason", reason)
-            .kv("evicted", evicted_ - evicted_logged_);
-        evicted_logged_ = evicted_;
-        last_evict_log_ms_ = now;
-    }
+    // Under a flood this happens thousands of times a second: one line per reason and 10 s
+    // at most, with the number of evictions it reports (daemon/flood_log.hpp).
+    evict_log_.note(reason, format_ip(c.peer));
     close_client(c);
 }
 

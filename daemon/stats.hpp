@@ -17,9 +17,12 @@
 // not lost to a reset, and no way for idle or slow clients to keep a probe out: a complete
 // request within limits::request_timeout_ms (408 beyond), at most limits::max_clients
 // clients and limits::max_clients_per_address from one address, and a new connection over
-// either cap evicts the client (of that address, or of all) that has waited longest, one
-// already answered first. A probe's request is read as it is accepted, so connections
-// arriving behind it cannot evict it before it is answered.
+// either cap evicts a client (of that address, or of all) of the owner holding the most
+// clients there: one already answered first, else the one that has waited longest. An
+// owner is the local user for a connection from this host (the kernel says whose socket
+// the peer is: sock_diag(7)), else the client address, so a reconnect loop of one user,
+// however fast, only ever evicts its own connections, and a probe of another user or
+// address is never the victim. A probe's request is also read as it is accepted.
 //
 // Trust: the endpoint is reachable by whoever can reach its address; it reads no secret
 // and changes nothing.
@@ -39,6 +42,7 @@
 #include <vector>
 
 #include "common/net.hpp"
+#include "daemon/flood_log.hpp"
 #include "daemon/http.hpp"
 #include "daemon/metrics.hpp"
 
@@ -167,8 +171,7 @@ class StatsServer {
     std::list<Client*> clients_;  // in the order they were accepted: oldest first
     std::map<IpAddr, std::size_t> per_address_;
     std::uint64_t evicted_ = 0;
-    std::uint64_t evicted_logged_ = 0;  // evictions already reported in the log
-    std::uint64_t last_evict_log_ms_ = 0;
+    FloodLog evict_log_{loop_, "stats_evicted", "client", "evicted"};
     bool draining_ = false;
     bool closed_ = false;
     std::uint64_t requests_ = 0;

@@ -63,6 +63,29 @@ def test_sigterm_lets_data_in_flight_finish():
     assert len(d.messages()) == 1
 
 
+def test_sigterm_closes_a_session_whose_message_in_flight_is_rejected():
+    # The message is refused at its end (a loop: more Received: fields than limits.max_hops);
+    # the drain must not wait shutdown_grace for the client's next command.
+    d = Daemon(limits='shutdown_grace = "120s"').start()
+    c = Raw(d.port)
+    c.cmd("EHLO client.test")
+    c.cmd("MAIL FROM:<a@outside.test>")
+    c.cmd("RCPT TO:<user@example.test>")
+    c.cmd("DATA")
+    c.send("".join(f"Received: from hop{i}.test by x.test; Mon, 7 Dec 2026 00:00:00 +0000\r\n"
+                   for i in range(60)))
+    d.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    c.send("Subject: looping\r\n\r\nbody\r\n.\r\n")
+    assert code(c.reply()) == "554 5.4.0"
+    assert code(c.reply()) == "421 4.3.2"
+    assert c.closed()
+    # Well before the 120 s grace; 60 s is the test giving up.
+    assert d.proc.wait(timeout=60) == 0
+    assert "drain_timeout" not in d.log()
+    assert d.messages() == []
+
+
 def test_sigterm_under_load_loses_nothing_that_got_250():
     d = Daemon().start()
     accepted = []

@@ -59,6 +59,56 @@ def test_noop_trickler_is_closed_at_the_command_deadline():
         assert time.time() - start < 30
 
 
+def trickle(c, commands, interval=0.3, seconds=30):
+    """Sends `commands` round and round, one every `interval` s, until the session is closed
+    or `seconds` pass: the last reply's code (None if it ran out of time)."""
+    start = time.time()
+    i = 0
+    while time.time() - start < seconds:
+        try:
+            got = code(c.cmd(commands[i % len(commands)]))
+        except (OSError, EOFError):
+            return "closed"
+        if got[:1] not in ("2", "3"):
+            return got
+        i += 1
+        time.sleep(interval)
+    return None
+
+
+def test_transactions_that_are_reset_in_a_loop_are_closed_at_the_command_deadline():
+    with Daemon(limits='command_deadline = "2s"') as d:
+        for commands in (["MAIL FROM:<a@outside.test>", "RSET"],
+                         ["MAIL FROM:<a@outside.test>", "NOOP", "RCPT TO:<user@example.test>",
+                          "NOOP", "NOOP", "RSET"]):
+            c = Raw(d.port)
+            c.cmd("EHLO client.test")
+            assert trickle(c, commands) == "421 4.4.2", commands
+            assert c.closed()
+
+
+def test_a_client_sending_messages_with_rset_and_pauses_between_them_stays():
+    with Daemon(limits='command_deadline = "2s"') as d:
+        c = Raw(d.port)
+        c.cmd("EHLO client.test")
+        start = time.time()
+        n = 0
+        while time.time() - start < 8:  # four deadlines
+            assert code(c.cmd("RSET")) == "250 2.0.0"
+            if n == 1:
+                time.sleep(3)  # one pause after RSET, longer than the deadline
+            assert code(c.cmd("MAIL FROM:<a@outside.test>")) == "250 2.1.0"
+            assert code(c.cmd("NOOP")) == "250 2.0.0"
+            assert code(c.cmd("RCPT TO:<user@example.test>")) == "250 2.1.5"
+            time.sleep(1.2)  # the session's once-a-second tick looks at the run meanwhile
+            assert code(c.cmd("NOOP")) == "250 2.0.0"
+            assert c.cmd("DATA")[0].startswith("354")
+            assert code(c.cmd(f"Subject: {n}\r\n\r\nbody\r\n.")) == "250 2.0.0"
+            n += 1
+            time.sleep(0.3)
+        assert code(c.cmd("QUIT")) == "221 2.0.0"
+
+
 # Slow HTTP clients, run as `nobody` (any local user can do this): each opens a connection,
 # sends part of a request and then a byte now and then, and reconnects as soon as it is
 # closed. Prints "ready" once every client has connected once.
@@ -137,6 +187,68 @@ def test_slow_http_clients_of_a_local_user_cannot_starve_healthz():
             attackers.wait()
 
 
+# Partial requests that are never finished, reopened the moment they are closed (evicted or
+# timed out): the fastest cycle through a cap that one local user can run.
+RECONNECTING_HTTP_CLIENTS = r"""
+import asyncio, sys, time
+port, n, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+end = time.time() + seconds
+async def client():
+    while time.time() < end:
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            while await r.read(100):
+                pass
+            w.close()
+        except OSError:
+            await asyncio.sleep(0.01)
+async def main():
+    tasks = [asyncio.create_task(client()) for _ in range(n)]
+    await asyncio.sleep(0.5)
+    print("ready", flush=True)
+    await asyncio.gather(*tasks)
+asyncio.run(main())
+"""
+
+
+def slow_probe(port, delay):
+    """A probe that waits `delay` seconds between connecting and sending (curl does a little
+    of that): its status or an error name."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            time.sleep(delay)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as e:
+        return type(e).__name__
+    return data.split(b"\r\n")[0].decode() or "closed without reply"
+
+
+def test_a_reconnect_loop_of_a_local_user_cannot_evict_a_probe():
+    with Daemon().enable_stats() as d:
+        attackers = subprocess.Popen(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-c", RECONNECTING_HTTP_CLIENTS, str(d.stats_port), "64", "120"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert attackers.stdout.readline().strip() == "ready", attackers.stderr.read()
+            results = [slow_probe(d.stats_port, delay) for delay in [0.02, 0.05, 0.1] * 8]
+            assert results == ["HTTP/1.1 200 OK"] * len(results), results
+            assert attackers.poll() is None
+            # The attackers did run into the cap and were evicted.
+            samples, _ = d.metrics()
+            assert samples[("sluice_stats_clients_evicted_total", frozenset())] > 0
+        finally:
+            attackers.kill()
+            attackers.wait()
+
+
 def test_idle_control_connections_do_not_lock_out_sluicectl():
     with Daemon() as d:
         idle = []
@@ -164,6 +276,154 @@ def test_idle_control_connections_do_not_lock_out_sluicectl():
             assert wait_for(all_closed, seconds=30)
             samples = d.ctl_json("stats")
             assert samples["clients_evicted"]["control"] >= 200 - 64
+        finally:
+            for s in idle:
+                s.close()
+
+
+# Idle control connections, each reopened as soon as it is closed (evicted or timed out).
+RECONNECTING_CONTROL_CLIENTS = r"""
+import selectors, socket, sys, time
+path, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.time() + seconds
+sel = selectors.DefaultSelector()
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+for _ in range(n):
+    connect()
+print("ready", flush=True)
+while time.time() < end:
+    for key, _ in sel.select(0.1):
+        try:
+            data = key.fileobj.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            connect()
+"""
+
+
+def test_a_reconnect_loop_on_the_control_socket_cannot_evict_sluicectl():
+    with Daemon() as d:
+        idle = subprocess.Popen(
+            [sys.executable, "-c", RECONNECTING_CONTROL_CLIENTS, str(d.control_socket), "250",
+             "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert idle.stdout.readline().strip() == "ready", idle.stderr.read()
+            failed = []
+            for i in range(30):
+                r = d.ctl(["status", "stats", "reload"][i % 3], timeout=30)
+                if r.returncode != 0:
+                    failed.append(r.stdout + r.stderr)
+            assert failed == []
+            assert idle.poll() is None
+            assert d.ctl_json("stats")["clients_evicted"]["control"] > 0
+        finally:
+            idle.kill()
+            idle.wait()
+
+
+# Control clients that pipeline `stats` requests as fast as they can and never read a reply.
+PIPELINING_CONTROL_CLIENTS = r"""
+import socket, sys, time
+path, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.setblocking(False)
+    socks.append(s)
+print("ready", flush=True)
+line = b'{"cmd":"stats"}\n' * 200
+end = time.time() + seconds
+while time.time() < end:
+    for s in socks:
+        try:
+            s.send(line)
+        except OSError:
+            pass
+    time.sleep(0.01)
+time.sleep(3600)
+"""
+
+
+def peak_rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_pipelined_control_requests_that_are_never_read_hold_bounded_memory():
+    with Daemon() as d:
+        before = peak_rss_kib(d.proc.pid)
+        flood = subprocess.Popen(
+            [sys.executable, "-c", PIPELINING_CONTROL_CLIENTS, str(d.control_socket), "60", "4"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert flood.stdout.readline().strip() == "ready", flood.stderr.read()
+            # The operator is served meanwhile.
+            for _ in range(3):
+                r = d.ctl("status", timeout=30)
+                assert r.returncode == 0, r.stdout + r.stderr
+                time.sleep(1)
+            time.sleep(2)  # the flood's 4 s are over
+            assert d.ctl("status", timeout=30).returncode == 0
+            # Each client is held to one read and about limits::pause_output (64 KiB) of
+            # replies: 60 clients, a few MiB. Without the pause this went past 400 MiB.
+            grown = peak_rss_kib(d.proc.pid) - before
+            assert grown < 64 * 1024, f"peak RSS grew by {grown} KiB"
+        finally:
+            flood.kill()
+            flood.wait()
+
+
+def test_refused_control_peers_are_logged_at_most_once_per_period():
+    with Daemon() as d:
+        # Let a user of another uid reach the socket, so the daemon's own check refuses it.
+        os.chmod(d.dir, 0o711)
+        os.chmod(d.control_socket, 0o666)
+        flood = subprocess.Popen(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-c", RECONNECTING_CONTROL_CLIENTS, str(d.control_socket), "50",
+             "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert flood.stdout.readline().strip() == "ready", flood.stderr.read()
+            assert flood.wait(timeout=60) == 0, flood.stderr.read()
+        finally:
+            flood.kill()
+            flood.wait()
+        assert d.ctl("status", timeout=30).returncode == 0
+        lines = d.log_lines("control_refused")
+        assert lines and "refused=1" in lines[0] and "uid=65534" in lines[0], lines
+        # Hundreds of refusals in 3 s, one line (a second one if a 10 s period ended).
+        assert len(lines) <= 2, len(lines)
+
+
+def test_a_burst_of_evictions_is_reported_whole_without_a_later_eviction():
+    with Daemon() as d:
+        idle = []
+        try:
+            for _ in range(200):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(str(d.control_socket))
+                idle.append(s)
+            assert d.ctl("status", timeout=30).returncode == 0
+            evicted = d.ctl_json("stats")["clients_evicted"]["control"]
+            assert evicted >= 200 - 64
+
+            def reported():
+                return sum(int(f.split("=")[1]) for l in d.log_lines("control_evicted")
+                           for f in l.split() if f.startswith("evicted="))
+            # The first eviction is logged at once, the rest of the burst when its 10 s
+            # period ends: no further eviction is needed for them to appear.
+            assert wait_for(lambda: reported() == evicted, seconds=40), d.log_lines("control_evicted")
+            assert all("reason=uid_limit" in l for l in d.log_lines("control_evicted"))
         finally:
             for s in idle:
                 s.close()

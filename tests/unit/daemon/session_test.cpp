@@ -327,14 +327,29 @@ TEST_F(SessionTest, TrickledJunkCommandsMeetTheCommandDeadline) {
     EXPECT_EQ(codes(take(*s)), (std::vector<std::string>{"421 4.4.2"}));
     EXPECT_TRUE(s->closed());
 
-    // A command that advances a transaction ends the run.
+    // MAIL does not end the run: a transaction that is then reset was no progress.
+    auto l = make();
+    l->receive("EHLO c.test\r\n", now_);
+    for (int t = 0; t <= 65; t += 5) {
+        l->receive(t % 10 == 0 ? "MAIL FROM:<a@outside.test>\r\n" : "RSET\r\n",
+                   now_ + seconds(t));
+    }
+    take(*l);
+    l->tick(now_ + seconds(66));
+    EXPECT_EQ(codes(take(*l)), (std::vector<std::string>{"421 4.4.2"}));
+
+    // A transaction that reaches the end of DATA ends the run (here one refused there).
     auto m = make();
     m->receive("EHLO c.test\r\n", now_);
     for (int t = 0; t <= 50; t += 5) {
         m->receive("NOOP\r\n", now_ + seconds(t));
     }
     m->receive("MAIL FROM:<a@outside.test>\r\n", now_ + seconds(55));
+    m->receive("RCPT TO:<user@example.test>\r\n", now_ + seconds(55));
+    m->receive("DATA\r\n", now_ + seconds(55));
+    m->receive(std::string("a\0b\r\n.\r\n", 8), now_ + seconds(55));
     m->receive("NOOP\r\n", now_ + seconds(57));
+    take(*m);
     m->tick(now_ + seconds(61));
     EXPECT_FALSE(m->closed());
 
