@@ -320,6 +320,9 @@ struct Spool::Impl {
 
     // Disk state (see spool.hpp): ok, full or failing; `low` is computed by state().
     std::atomic<SpoolState> hard{SpoolState::ok};
+    // Whether admission last saw the soft limits (min_free, max_size) reached: `low` is
+    // derived, not set by a failure, so its changes are logged where they are seen.
+    mutable std::atomic<bool> soft_low{false};
     std::atomic<std::int64_t> backoff_ms{kRetryBackoff.count()};  // next failure's back-off
     std::atomic<std::int64_t> probe_at_ns{0};  // failing: when the writer probes the disk
     // DIR/reserve (state_mu): space held back for outcome records on a full disk.
@@ -423,6 +426,20 @@ struct Spool::Impl {
             line.kv("why", why);
         }
         line.kv("free", free_bytes.load()).kv("reserve", reserve_have.load());
+    }
+
+    // One log line when admission starts or stops refusing for the soft limits (the
+    // `low` state; README "When the spool's disk fills").
+    void note_low(bool low, std::string_view why) const {
+        if (soft_low.exchange(low) == low) {
+            return;
+        }
+        LogLine line(low ? Level::warn : Level::info, "spool_state");
+        line.kv("state", low ? to_string(SpoolState::low) : to_string(SpoolState::ok))
+            .kv("was", low ? to_string(SpoolState::ok) : to_string(SpoolState::low))
+            .kv("why", why)
+            .kv("free", free_bytes.load())
+            .kv("reserve", reserve_have.load());
     }
 
     // The disk failed with `err` (ENOSPC/EDQUOT: full; anything else: failing).
@@ -1953,6 +1970,7 @@ Admission Spool::admission() const {
         return Admission::no_space;  // full or failing: until the writer sees it end
     }
     if (impl_->opts.max_bytes != 0 && impl_->used_bytes.load() >= impl_->opts.max_bytes) {
+        impl_->note_low(true, "spool.max_size reached");
         return Admission::over_limit;
     }
     if (impl_->stat_due()) {
@@ -1961,8 +1979,10 @@ Admission Spool::admission() const {
         impl_->refresh_free_space();
     }
     if (impl_->free_bytes.load() < impl_->opts.min_free_bytes) {
+        impl_->note_low(true, "free space below spool.min_free");
         return Admission::no_space;
     }
+    impl_->note_low(false, "space back over spool.min_free and under spool.max_size");
     return Admission::ok;
 }
 

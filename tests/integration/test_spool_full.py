@@ -198,6 +198,10 @@ def test_acceptance_resumes_by_itself_once_the_queue_drains():
             assert wait_for(lambda: mail_reply(d) == "250 2.1.0", 60), \
                 (segments(spool), state_gauge(d))
             assert state_gauge(d)["ok"] == 1
+            # The operator reads why in the log: one line into `low`, one out of it.
+            lines = d.log_lines("spool_state")
+            assert len([l for l in lines if "state=low was=ok" in l]) == 1, lines
+            assert len([l for l in lines if "state=ok was=low" in l]) == 1, lines
             got = subjects(hop)
             assert sorted(got) == sorted(acked)   # each exactly once
             s = smtplib.SMTP("127.0.0.1", d.port, timeout=60)
