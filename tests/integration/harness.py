@@ -90,7 +90,8 @@ class Daemon:
 
     def start(self, wait=True):
         self._log = open(self.log_path, "ab")   # restarts append to the same log
-        self.proc = subprocess.Popen([SLUICED, "--config", str(self.config)],
+        self.proc = subprocess.Popen([SLUICED, "--config", str(self.config),
+                                      *getattr(self, "args", [])],
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      env=getattr(self, "env", None))
         if wait:
