@@ -8,10 +8,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$(realpath -m "$1")
 version=${2:-}
-work="$out/work"
+# DEB_WORK: where the tree is copied and built (one place for every build: the compiler
+# cache serves a rebuild, whose object files it keys on the source path).
+work=${DEB_WORK:-$out/work}
 src="$work/sluice"
 mkdir -p "$src"
-# The same source path every time: the compiler cache serves a rebuild.
 find "$src" -mindepth 1 -delete
 rm -f "$work"/*.deb "$work"/*.ddeb "$work"/*.changes "$work"/*.buildinfo
 cd "$root"
