@@ -205,3 +205,33 @@ def test_started_unprivileged_it_stays_and_explains_low_ports():
         d.stop()
         log.close()
         shutil.rmtree(d.dir, ignore_errors=True)
+
+
+def test_as_the_unit_runs_it_a_reload_opens_a_low_port():
+    """User=sluice with AmbientCapabilities=CAP_NET_BIND_SERVICE (setpriv does what
+    systemd does): it starts on a low port and a reload adds another."""
+    port = free_low_port()
+    d = owned_daemon(port, user="whoever")
+    uid, gid = pwd.getpwnam(USER).pw_uid, grp.getgrnam(GROUP).gr_gid
+    as_unit = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+               "--inh-caps=-all,+net_bind_service", "--ambient-caps=-all,+net_bind_service",
+               "--bounding-set=-all,+net_bind_service", "--no-new-privs"]
+    log = open(d.log_path, "ab")
+    d.proc = subprocess.Popen([*as_unit, SLUICED, "--config", str(d.config)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        d.wait_ready()
+        line = d.log_lines("privileges")[0]
+        assert "not started as root" in line and "low_ports=yes" in line
+        port2 = free_low_port()
+        d.config.write_text(d.config.read_text() +
+                            f'\n[[listener]]\nname = "low2"\naddress = "127.0.0.1:{port2}"\nrole = "mx"\n')
+        r = subprocess.run([*as_unit, SLUICECTL, "--config", str(d.config), "reload"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        with smtplib.SMTP("127.0.0.1", port2, timeout=10) as s:
+            assert s.noop()[0] == 250
+    finally:
+        d.stop()
+        log.close()
+        shutil.rmtree(d.dir, ignore_errors=True)
