@@ -137,6 +137,20 @@ def test_root_drops_to_the_configured_user_before_the_first_greeting():
         st = d.control_socket.stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, 0o660)
         assert d.ctl("status").returncode == 0
+        # An operator in the daemon's group uses sluicectl without root; others may not,
+        # even through a loosened mode (SO_PEERCRED/SO_PEERGROUPS).
+        other = pwd.getpwnam("daemon")
+        ctl = [SLUICECTL, "--config", str(d.config), "status"]
+        member = ["setpriv", f"--reuid={other.pw_uid}", f"--regid={other.pw_gid}",
+                  f"--groups={gid}"]
+        outsider = ["setpriv", f"--reuid={other.pw_uid}", f"--regid={other.pw_gid}",
+                    "--clear-groups"]
+        r = subprocess.run(member + ctl, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        os.chmod(d.control_socket, 0o666)
+        r = subprocess.run(outsider + ctl, capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "may not use the control socket" in r.stderr
+        os.chmod(d.control_socket, 0o660)
         # A reload opens a second listener below 1024 (CAP_NET_BIND_SERVICE kept).
         port2 = free_low_port()
         d.config.write_text(d.config.read_text() +
