@@ -11,14 +11,18 @@ DEBS_BUILD := build-essential pkg-config meson ninja-build libuv1-dev libmbedtls
         libc-ares-dev
 DEBS_TEST := lmdb-utils mount postfix swaks libnet-ssleay-perl libauthen-sasl-perl \
         libio-socket-inet6-perl python3 python3-pytest python3-aiosmtpd python3-prometheus-client openssl \
-        ca-certificates haproxy util-linux python3-dnslib
+        ca-certificates haproxy util-linux python3-dnslib prometheus
 DEBS_SLOW := testssl.sh bsdextrautils dnsutils procps
 DEBS_BENCH := curl
 DEBS_FUZZ := clang-14 libclang-rt-14-dev
-DEBS := $(DEBS_BUILD) $(DEBS_TEST) $(DEBS_SLOW) $(DEBS_BENCH) $(DEBS_FUZZ)
+# make deb / make test-package: debhelper builds, lintian checks, adduser serves the
+# maintainer scripts, systemd gives systemd-analyze (the unit's security rating).
+DEBS_PACKAGE := debhelper lintian dpkg-dev adduser systemd
+DEBS := $(DEBS_BUILD) $(DEBS_TEST) $(DEBS_SLOW) $(DEBS_BENCH) $(DEBS_FUZZ) $(DEBS_PACKAGE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-test deps-slow deps-bench deps-fuzz build run test test-slow bench soak fuzz clean format
+.PHONY: all deps deps-test deps-slow deps-bench deps-fuzz deps-package build run test test-slow \
+        bench soak fuzz deb test-package clean format
 
 all: build
 
@@ -54,6 +58,9 @@ deps-slow:
 deps-fuzz:
 	$(call install_missing,$(DEBS_FUZZ))
 
+deps-package:
+	$(call install_missing,$(DEBS_BUILD) $(DEBS_PACKAGE))
+
 $(BUILD)/build.ninja:
 	meson setup $(BUILD)
 
@@ -72,6 +79,16 @@ test: build
 test-slow: build deps-slow
 	tests/preflight.sh --slow
 	meson test -C $(BUILD) --print-errorlogs --suite slow
+
+# The Debian package (debian/, built from a copy of the tree) into $(BUILD)/deb/, lintian
+# clean. DEB_VERSION=X adds a changelog entry (a newer, rebuilt package).
+deb: deps-package
+	packaging/make-deb.sh $(BUILD)/deb $(DEB_VERSION)
+
+# Installs, upgrades, removes and purges the package on this machine (root; minutes).
+test-package: deps-package deps-test
+	tests/preflight.sh --package
+	packaging/test-package.sh $(BUILD)
 
 bench: build deps-bench
 	tests/preflight.sh --bench

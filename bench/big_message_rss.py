@@ -40,6 +40,10 @@ def main():
     (work / "maps").mkdir()
     (work / "sluice.toml").write_text(f"""
 [server]
+# Benches run as root (make bench) and keep that identity (daemon/privileges.hpp).
+user = "root"
+group = "root"
+allow_root = true
 hostname = "big.example.test"
 [[listener]]
 name = "mx"

@@ -57,6 +57,10 @@ echo "== sluiced (${INLINE:+in-line, no spool}${INLINE:-durable spool})"
 mkdir -p "$work/sluice/maps"
 cat > "$work/sluice/sluice.toml" <<TOML
 [server]
+# Benches run as root (make bench) and keep that identity (daemon/privileges.hpp).
+user = "root"
+group = "root"
+allow_root = true
 hostname = "gw.example.test"
 max_connections_per_ip = 10000
 [[listener]]

@@ -59,6 +59,10 @@ async def main():
     (work / "maps").mkdir()
     (work / "sluice.toml").write_text(f"""
 [server]
+# Benches run as root (make bench) and keep that identity (daemon/privileges.hpp).
+user = "root"
+group = "root"
+allow_root = true
 hostname = "idle.example.test"
 max_connections = {n + 100}
 max_connections_per_ip = {n + 100}

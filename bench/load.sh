@@ -34,6 +34,10 @@ port=$(free_port)
 mkdir -p "$work/maps"
 cat > "$work/sluice.toml" <<TOML
 [server]
+# Benches run as root (make bench) and keep that identity (daemon/privileges.hpp).
+user = "root"
+group = "root"
+allow_root = true
 hostname = "bench.example.test"
 max_connections_per_ip = 10000
 shards = ${SHARDS:-0}

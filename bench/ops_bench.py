@@ -57,6 +57,10 @@ class Setup:
         self.config = self.dir / "sluice.toml"
         self.base = f"""
 [server]
+# Benches run as root (make bench) and keep that identity (daemon/privileges.hpp).
+user = "root"
+group = "root"
+allow_root = true
 hostname = "bench.example.test"
 max_connections_per_ip = 10000
 [[listener]]

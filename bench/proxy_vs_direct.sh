@@ -34,6 +34,10 @@ direct=$(free_port) lb=$(free_port) fe_plain=$(free_port) fe_v2=$(free_port)
 mkdir -p "$work/maps"
 cat > "$work/sluice.toml" <<TOML
 [server]
+# Benches run as root (make bench) and keep that identity (daemon/privileges.hpp).
+user = "root"
+group = "root"
+allow_root = true
 hostname = "bench.example.test"
 max_connections_per_ip = 10000
 shards = ${SHARDS:-0}

@@ -97,6 +97,10 @@ class Gateway:
         self.config = self.dir / "sluice.toml"
         self.config.write_text(f"""
 [server]
+# Benches run as root (make bench) and keep that identity (daemon/privileges.hpp).
+user = "root"
+group = "root"
+allow_root = true
 hostname = "soak.example.test"
 max_connections_per_ip = 10000
 [[listener]]

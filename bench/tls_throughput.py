@@ -32,6 +32,10 @@ s.close()
 (work / "maps").mkdir()
 (work / "sluice.toml").write_text(f"""
 [server]
+# Benches run as root (make bench) and keep that identity (daemon/privileges.hpp).
+user = "root"
+group = "root"
+allow_root = true
 hostname = "mx.example.test"
 max_connections_per_ip = 1000
 [[listener]]

@@ -101,6 +101,12 @@ const Key<Config> config_keys[] = {
         [](Config& c, const Value& v) { c.server.max_connections_per_ip = static_cast<std::uint32_t>(v.i); }},
     {"server", "nat_router", Kind::string, "", 0, 64, "", "address of a NAT router in front of the host; must not be privileged",
         [](Config& c, const Value& v) { c.server.nat_router = v.s; }},
+    {"server", "user", Kind::string, "sluice", 1, 32, "", "started as root: the user sluiced serves as, once listeners, files and control socket are open",
+        [](Config& c, const Value& v) { c.server.user = v.s; }},
+    {"server", "group", Kind::string, "sluice", 1, 32, "", "started as root: the group sluiced serves as (supplementary groups: the user's own)",
+        [](Config& c, const Value& v) { c.server.group = v.s; }},
+    {"server", "allow_root", Kind::boolean, "false", 0, 0, "", "serve as root (server.user resolves to uid 0); refused otherwise",
+        [](Config& c, const Value& v) { c.server.allow_root = v.b; }},
 
     {"tls", "certificate", Kind::path, "", 0, 0, "", "PEM certificate chain, leaf first",
         [](Config& c, const Value& v) { c.tls.certificate = v.s; }},

@@ -91,6 +91,10 @@ struct Config {
         std::uint32_t max_connections;
         std::uint32_t max_connections_per_ip;
         std::string nat_router;
+        // Started as root, sluiced serves as this user and group (daemon/privileges.hpp).
+        std::string user;
+        std::string group;
+        bool allow_root;
     } server;
 
     std::vector<ListenerConfig> listeners;

@@ -213,6 +213,28 @@ std::string encode(const json& reply) {
 
 namespace {
 
+// The peer's primary group or one of its supplementary groups (SO_PEERGROUPS, Linux
+// 4.13: the groups the peer had when it connected) is `gid`.
+bool peer_in_group(int fd, const ucred& cred, gid_t gid) {
+    if (cred.gid == gid) {
+        return true;
+    }
+    std::vector<gid_t> groups(64);
+    socklen_t len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0) {
+        if (errno != ERANGE) {
+            return false;
+        }
+        groups.resize(len / sizeof(gid_t) + 1);
+        len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0) {
+            return false;
+        }
+    }
+    groups.resize(len / sizeof(gid_t));
+    return std::find(groups.begin(), groups.end(), gid) != groups.end();
+}
+
 std::string bracketed(const std::string& a) {
     return !a.empty() && a.front() == '<' ? a : "<" + a + ">";
 }
@@ -647,14 +669,18 @@ void ControlServer::on_connection(uv_stream_t* server, int status) {
         self->close_client(*c);
         return;
     }
-    // Who is on the other end: root or our own uid only (the file mode is the first
-    // fence, this is the second: it holds even if the mode or the directory is loosened).
+    // Who is on the other end: root, our own uid, or a member of our group (operators in
+    // group sluice, README "Deploying on an edge host"). The file mode (0660) is the first
+    // fence, this is the second: it holds even if the mode or the directory is loosened.
     uv_os_fd_t fd = -1;
     ucred cred{};
     socklen_t len = sizeof cred;
     bool known = uv_fileno(reinterpret_cast<uv_handle_t*>(&c->pipe), &fd) == 0 &&
                  ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
-    if (!known || (cred.uid != 0 && cred.uid != ::geteuid())) {
+    // Group 0 lets no one in by membership: a daemon serving as root keeps root-only.
+    bool allowed = known && (cred.uid == 0 || cred.uid == ::geteuid() ||
+                             (::getegid() != 0 && peer_in_group(fd, cred, ::getegid())));
+    if (!allowed) {
         // A refused peer can reconnect in a loop: one line per 10 s at most, with the number
         // of refusals since the previous line (as for evictions).
         ++self->refused_;

@@ -23,7 +23,10 @@ void usage(std::ostream& out) {
            "  --check            validate config and maps, print problems, exit 1 on errors\n"
            "  --log-level LEVEL  debug | info | warn | error (default info)\n"
            "  --schema           print every config key with its type, default and meaning\n"
-           "  --version          print the version\n";
+           "  --version          print the version\n"
+           "  --test-stall-on-sigusr2 SECONDS\n"
+           "                     test only: SIGUSR2 blocks shard 0's loop for SECONDS (the\n"
+           "                     watchdog test); never for production\n";
 }
 
 }  // namespace
@@ -32,10 +35,17 @@ int main(int argc, char** argv) {
     using namespace sluice;
     std::string config_path = "/etc/sluice/sluice.toml";
     bool check = false;
+    int test_stall_seconds = 0;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if (a == "--config" && i + 1 < argc) {
             config_path = argv[++i];
+        } else if (a == "--test-stall-on-sigusr2" && i + 1 < argc) {
+            test_stall_seconds = std::atoi(argv[++i]);
+            if (test_stall_seconds <= 0 || test_stall_seconds > 3600) {
+                std::cerr << "sluiced: --test-stall-on-sigusr2 takes 1..3600 seconds\n";
+                return 2;
+            }
         } else if (a == "--check") {
             check = true;
         } else if (a == "--log-level" && i + 1 < argc) {
@@ -93,6 +103,7 @@ int main(int argc, char** argv) {
     }
     ServerOptions opts;
     opts.config_path = config_path;
+    opts.test_stall_seconds = test_stall_seconds;
     opts.make_maps = [](const Config& c, int shard) { return make_shard_maps(c, shard); };
     Server server(std::move(opts));
     return server.run(loaded.config);

@@ -6,13 +6,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "common/log.hpp"
+#include "daemon/privileges.hpp"
 #include "daemon/snapshot.hpp"
 #include "storage/map_check.hpp"
 #include "storage/maps.hpp"
@@ -190,20 +193,8 @@ bool Server::open_listeners(const Config& cfg) {
 
 int Server::run(std::shared_ptr<const Config> config) {
     std::signal(SIGPIPE, SIG_IGN);
-    // The spool first: recovery must know every message that was ever answered 250.
-    storage::SpoolOptions so;
-    so.dir = config->spool.dir;
-    so.max_bytes = config->spool.max_size;
-    so.min_free_bytes = config->spool.min_free;
-    so.reserve_bytes = config->spool.reserve;
-    so.syncs_in_flight = config->spool.syncs_in_flight;
-    so.commit_delay = config->spool.commit_delay;
-    auto opened = storage::Spool::open(so);
-    if (!opened.ok()) {
-        LogLine(Level::error, "spool_failed").kv("dir", so.dir).kv("error", opened.error().message);
-        return 1;
-    }
-    spool_ = std::move(*opened);
+    // What may need root comes first (daemon/privileges.hpp): the listeners (ports below
+    // 1024), the certificate and key, the stats listener and the control socket.
     if (!open_listeners(*config)) {
         return 1;
     }
@@ -213,6 +204,79 @@ int Server::run(std::shared_ptr<const Config> config) {
         LogLine(Level::error, "tls_failed").kv("error", tls_error);
         return 1;
     }
+    uv_loop_init(&loop_);
+    for (auto* s : {&sigterm_, &sigint_, &sighup_, &sigusr2_}) {
+        uv_signal_init(&loop_, s);
+        s->data = this;
+    }
+    uv_signal_start(
+        &sigterm_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->stop(); }, SIGTERM);
+    uv_signal_start(
+        &sigint_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->stop(); }, SIGINT);
+    uv_signal_start(
+        &sighup_,
+        [](uv_signal_t* s, int) {
+            static_cast<Server*>(s->data)->reload([](nlohmann::json) {});  // the log says it all
+        },
+        SIGHUP);
+    if (opts_.test_stall_seconds > 0) {
+        // Test only (sluiced --test-stall-on-sigusr2): shard 0's loop blocks, as a stuck
+        // callback would, so the watchdog test can watch the pings stop.
+        uv_signal_start(
+            &sigusr2_,
+            [](uv_signal_t* s, int) {
+                auto* self = static_cast<Server*>(s->data);
+                auto seconds = self->opts_.test_stall_seconds;
+                LogLine(Level::warn, "test_stall").kv("shard", 0).kv("seconds", seconds);
+                self->shards_[0]->post([seconds](Shard&) {
+                    std::this_thread::sleep_for(std::chrono::seconds(seconds));
+                });
+            },
+            SIGUSR2);
+    }
+    auto abandon = [this] {
+        for (auto* s : {&sigterm_, &sigint_, &sighup_, &sigusr2_}) {
+            uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
+        }
+        uv_close(reinterpret_cast<uv_handle_t*>(&switched_), nullptr);
+        uv_close(reinterpret_cast<uv_handle_t*>(&inbox_async_), nullptr);
+        uv_close(reinterpret_cast<uv_handle_t*>(&drain_check_), nullptr);
+        if (control_) {
+            control_->close();
+        }
+        if (stats_) {
+            stats_->close();
+        }
+        uv_run(&loop_, UV_RUN_DEFAULT);
+        uv_loop_close(&loop_);
+        return 1;
+    };
+    if (!start_services(*config)) {
+        return abandon();
+    }
+    // Then the identity it serves as, before any shard reads a byte from a client.
+    if (!become_service_user(*config)) {
+        return abandon();
+    }
+    // The spool as that user: every file it makes from now on (segments, big messages) is
+    // one it must be able to open again (storage/spool.cpp reopens them by path). Before
+    // the shards start: recovery must know every message that was ever answered 250.
+    storage::SpoolOptions so;
+    so.dir = config->spool.dir;
+    so.max_bytes = config->spool.max_size;
+    so.min_free_bytes = config->spool.min_free;
+    so.reserve_bytes = config->spool.reserve;
+    so.syncs_in_flight = config->spool.syncs_in_flight;
+    so.commit_delay = config->spool.commit_delay;
+    auto opened = storage::Spool::open(so);
+    if (!opened.ok()) {
+        LogLine(Level::error, "spool_failed")
+            .kv("dir", so.dir)
+            .kv("user", current_identity().user)
+            .kv("error", opened.error().message);
+        return abandon();
+    }
+    spool_ = std::move(*opened);
 
     rates_ = std::make_unique<rates::LocalStore>(config->rates.table_size);
     for (unsigned s = 0; s < config->server.shards; ++s) {
@@ -229,42 +293,10 @@ int Server::run(std::shared_ptr<const Config> config) {
         o.maps = opts_.make_maps(*config, static_cast<int>(s));
         shards_.push_back(std::make_unique<Shard>(std::move(o)));
     }
-    uv_loop_init(&loop_);
-    for (auto* s : {&sigterm_, &sigint_, &sighup_}) {
-        uv_signal_init(&loop_, s);
-        s->data = this;
-    }
-    uv_signal_start(
-        &sigterm_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->stop(); }, SIGTERM);
-    uv_signal_start(
-        &sigint_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->stop(); }, SIGINT);
-    uv_signal_start(
-        &sighup_,
-        [](uv_signal_t* s, int) {
-            static_cast<Server*>(s->data)->reload([](nlohmann::json) {});  // the log says it all
-        },
-        SIGHUP);
-    if (!start_services(*config)) {
-        for (auto* s : {&sigterm_, &sigint_, &sighup_}) {
-            uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
-        }
-        uv_close(reinterpret_cast<uv_handle_t*>(&switched_), nullptr);
-        uv_close(reinterpret_cast<uv_handle_t*>(&inbox_async_), nullptr);
-        uv_close(reinterpret_cast<uv_handle_t*>(&drain_check_), nullptr);
-        if (control_) {
-            control_->close();
-        }
-        if (stats_) {
-            stats_->close();
-        }
-        uv_run(&loop_, UV_RUN_DEFAULT);
-        uv_loop_close(&loop_);
-        return 1;
-    }
-
     for (auto& s : shards_) {
         s->start();
     }
+    watchdog_.start();
     // Recovery: every message that was answered 250 and is not final is delivered.
     schedule_pending();
     {
@@ -298,7 +330,7 @@ void Server::stop() {
     for (auto& s : shards_) {
         s->post([grace](Shard& sh) { sh.drain(grace); });
     }
-    for (auto* s : {&sigterm_, &sigint_, &sighup_}) {
+    for (auto* s : {&sigterm_, &sigint_, &sighup_, &sigusr2_}) {
         uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
     }
     // Not ready from now on; the control socket and /healthz keep answering until the
@@ -329,6 +361,7 @@ void Server::check_drained() {
         inbox_.clear();  // replies to clients that are going away with the control socket
     }
     uv_close(reinterpret_cast<uv_handle_t*>(&inbox_async_), nullptr);
+    watchdog_.close();
     if (control_) {
         control_->close();
     }
@@ -343,6 +376,58 @@ std::string Server::listen_stats(const SockAddr& address) {
             &loop_, [this] { return stats::render_prometheus(totals()); });
     }
     return stats_->listen(address);
+}
+
+bool Server::become_service_user(const Config& cfg) {
+    auto log_identity = [](Level level, std::string_view note) {
+        Identity now = current_identity();
+        LogLine(level, "privileges")
+            .kv("user", now.user)
+            .kv("uid", static_cast<std::uint64_t>(now.uid))
+            .kv("group", now.group)
+            .kv("gid", static_cast<std::uint64_t>(now.gid))
+            .kv("groups", format_groups(now.groups))
+            .kv("low_ports", can_bind_low_ports() ? "yes" : "no")
+            .kv("note", note);
+    };
+    if (::geteuid() != 0) {
+        // systemd's User= (or an operator's own account): the identity is already chosen;
+        // ports below 1024 need CAP_NET_BIND_SERVICE (AmbientCapabilities=).
+        log_identity(Level::info, "not started as root: serving as the invoking user");
+        return true;
+    }
+    Identity target;
+    std::string e = resolve_identity(cfg.server.user, cfg.server.group, target);
+    if (!e.empty()) {
+        LogLine(Level::error, "privileges").kv("error", e);
+        return false;
+    }
+    if (target.uid == 0) {
+        if (!cfg.server.allow_root) {
+            LogLine(Level::error, "privileges")
+                .kv("error", "server.user \"" + cfg.server.user +
+                                 "\" is root: sluiced does not serve as root; set [server] user "
+                                 "to an unprivileged user (default sluice), or allow_root = true");
+            return false;
+        }
+        log_identity(Level::warn, "serving as root (server.allow_root = true)");
+        return true;
+    }
+    // The control socket was made by root: it goes to the service user and its group
+    // (mode 0660, daemon/control.cpp), so operators in that group use sluicectl.
+    if (control_ && !control_->path().empty() &&
+        ::chown(cfg.control.socket.c_str(), target.uid, target.gid) != 0) {
+        LogLine(Level::error, "privileges")
+            .kv("error", "chown " + cfg.control.socket + ": " + std::strerror(errno));
+        return false;
+    }
+    e = drop_privileges(target);
+    if (!e.empty()) {
+        LogLine(Level::error, "privileges").kv("error", e);
+        return false;
+    }
+    log_identity(Level::info, "dropped root");
+    return true;
 }
 
 bool Server::start_services(const Config& cfg) {
@@ -415,9 +500,15 @@ stats::Totals Server::totals() {
         n.spool_free_bytes = st.free_bytes;
         n.spool_reserve_bytes = st.reserve_bytes;
         n.spool_write_errors = st.write_errors;
+        if (auto oldest = spool_->oldest_received()) {
+            n.queue_oldest_age = std::max(
+                0.0, std::chrono::duration<double>(std::chrono::system_clock::now() - *oldest)
+                         .count());
+        }
     }
     n.stats_evicted = stats_ ? stats_->evicted() : 0;
     n.control_evicted = control_ ? control_->evicted() : 0;
+    n.shard_loop_lag = watchdog_.loop_lag_seconds();
     n.start_time = start_unix_;
     n.version = SLUICE_VERSION;
     return stats::collect(metrics, n);
@@ -693,6 +784,13 @@ void Server::validated(ReloadJob& job) {
     std::shared_ptr<const Config> config = job.loaded.config;
     const Config& after = *config;
     errors = control::restart_only_changes(before, after);
+    if (before.server.user != after.server.user || before.server.group != after.server.group ||
+        before.server.allow_root != after.server.allow_root) {
+        auto it = after.sources.find("server.user");
+        errors.push_back((it == after.sources.end() ? after.path : position(it->second)) +
+                         ": server.user, server.group and server.allow_root apply at start "
+                         "(the daemon has already become its user); restart sluiced to apply");
+    }
     if (before.spool.dir != after.spool.dir) {
         errors.push_back(after.path + ": spool.dir changes from " + before.spool.dir + " to " +
                          after.spool.dir + ": the spool is open; restart sluiced to apply");
@@ -730,6 +828,12 @@ void Server::validated(ReloadJob& job) {
         }
         if (!e.empty()) {
             close_added();
+            if (l.address.port < 1024 && !can_bind_low_ports()) {
+                e += " (ports below 1024 need CAP_NET_BIND_SERVICE, which sluiced, running as " +
+                     current_identity().user +
+                     ", does not hold: start it as root or with "
+                     "AmbientCapabilities=CAP_NET_BIND_SERVICE; or restart it to apply)";
+            }
             reload_failed({position(l.where) + ": listener \"" + l.name + "\": cannot listen on " +
                            address + ": " + e},
                           warnings);

@@ -36,6 +36,7 @@
 #include "daemon/notify.hpp"
 #include "daemon/shard.hpp"
 #include "daemon/stats.hpp"
+#include "daemon/watchdog.hpp"
 #include "storage/spool.hpp"
 
 namespace sluice {
@@ -48,6 +49,9 @@ struct ServerOptions {
     std::string config_path;
     // Makes the per-shard maps reader (storage) for a config.
     std::function<std::unique_ptr<ShardMaps>(const Config&, int shard)> make_maps;
+    // Test only (sluiced --test-stall-on-sigusr2 SECONDS): SIGUSR2 blocks shard 0's loop
+    // for this long, so a test can see the watchdog stop pinging. 0: SIGUSR2 is ignored.
+    int test_stall_seconds = 0;
 };
 
 class Server {
@@ -69,6 +73,8 @@ class Server {
 
     bool open_listeners(const Config& cfg);
     bool start_services(const Config& cfg);
+    // Started as root: becomes [server] user/group (daemon/privileges.hpp), or refuses.
+    bool become_service_user(const Config& cfg);
     std::string listen_stats(const SockAddr& address);
     void reload(ReloadDone done);
     void start_reload();
@@ -83,7 +89,7 @@ class Server {
 
     ServerOptions opts_;
     uv_loop_t loop_{};
-    uv_signal_t sigterm_{}, sigint_{}, sighup_{};
+    uv_signal_t sigterm_{}, sigint_{}, sighup_{}, sigusr2_{};
     ConnectionLimiter limiter_;
     std::unique_ptr<rates::LocalStore> rates_;  // sized by rates.table_size at start
     std::vector<std::unique_ptr<Shard>> shards_;
@@ -94,6 +100,7 @@ class Server {
     bool stopping_ = false;
 
     Notifier notify_;
+    Watchdog watchdog_{&loop_, notify_, shards_};  // WATCHDOG=1 while every shard answers
     std::unique_ptr<control::ControlServer> control_;
     std::unique_ptr<stats::StatsServer> stats_;
     std::unique_ptr<storage::MapReader> explain_maps_;  // this thread only: explain's view

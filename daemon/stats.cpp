@@ -293,6 +293,16 @@ std::string render_prometheus(const Totals& t) {
     w.family("sluice_control_clients_evicted_total", "counter",
              "Control socket clients closed to make room for a newer one (a cap was reached).");
     w.sample("sluice_control_clients_evicted_total", "", t.server.control_evicted);
+    w.family("sluice_queue_oldest_age_seconds", "gauge",
+             "Age of the oldest message in the spool (0 when the queue is empty).");
+    w.sample("sluice_queue_oldest_age_seconds", "", seconds(t.server.queue_oldest_age));
+    w.family("sluice_shard_loop_lag_seconds", "gauge",
+             "Per shard: time a ready callback waits for its loop (probed every second; an "
+             "unanswered probe keeps growing).");
+    for (std::size_t i = 0; i < t.server.shard_loop_lag.size(); ++i) {
+        w.sample("sluice_shard_loop_lag_seconds", "shard=\"" + std::to_string(i) + "\"",
+                 seconds(t.server.shard_loop_lag[i]));
+    }
 
     w.family("sluice_outbound_queued_bytes", "gauge",
              "Message data held in memory for next hops (limits.outbound_queue_memory).");

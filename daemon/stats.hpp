@@ -70,6 +70,10 @@ struct ServerNumbers {
     std::uint64_t spool_reserve_bytes = 0;
     std::uint64_t spool_write_errors = 0;
     double start_time = 0;  // seconds since the Unix epoch
+    // Seconds since the oldest queued message was received (0: queue empty).
+    double queue_oldest_age = 0;
+    // Per shard: how long a callback waits before its loop runs it (daemon/watchdog.hpp).
+    std::vector<double> shard_loop_lag;
     std::string version;
 };
 

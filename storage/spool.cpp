@@ -2221,6 +2221,17 @@ std::uint64_t Spool::size() const {
     return impl_->live_count.load();
 }
 
+std::optional<SysTime> Spool::oldest_received() const {
+    std::optional<SysTime> oldest;
+    std::lock_guard lk(impl_->index_mu);
+    for (const auto& [id, l] : impl_->index) {
+        if (!oldest || l.entry.received_at < *oldest) {
+            oldest = l.entry.received_at;
+        }
+    }
+    return oldest;
+}
+
 SpoolStats Spool::stats() const {
     SpoolStats s;
     s.messages = impl_->live_count.load();

@@ -280,6 +280,9 @@ class Spool {
     Error sync();
 
     std::uint64_t size() const;  // messages pending
+    // When the oldest pending message was received (nullopt: none pending). A scan of the
+    // index without copying (the queue-age gauge reads it at scrape time).
+    std::optional<SysTime> oldest_received() const;
     SpoolStats stats() const;
     const std::string& dir() const;
 

@@ -5,6 +5,7 @@
 #   tests/preflight.sh           what `make test` needs
 #   tests/preflight.sh --slow    also what `make test-slow` needs
 #   tests/preflight.sh --bench   also what `make bench` needs
+#   tests/preflight.sh --package what `make test-package` needs
 set -u
 # smtp-source, smtp-sink and haproxy live in /usr/sbin, which a non-root PATH lacks; the
 # suites call them by absolute path.
@@ -47,7 +48,8 @@ need python3-dnslib "Python module dnslib (the tests' DNS server)" py_module dns
 need libc-ares-dev "c-ares headers (the resolver)" test -f /usr/include/ares.h
 need ca-certificates "the system CA store" test -s /etc/ssl/certs/ca-certificates.crt
 need haproxy "haproxy (a real load balancer sending PROXY v1/v2 headers)" haproxy -v
-need util-linux "setpriv (clients run as user nobody)" command -v setpriv
+need util-linux "setpriv (clients and daemons run as other users)" command -v setpriv
+need prometheus "promtool (alert rules, /metrics format)" command -v promtool
 
 if [ "${1:-}" = "--slow" ]; then
     need testssl.sh "testssl.sh" command -v testssl
@@ -55,6 +57,16 @@ if [ "${1:-}" = "--slow" ]; then
 fi
 if [ "${1:-}" = "--bench" ]; then
     need curl "curl (bench scripts read /metrics)" command -v curl
+fi
+
+if [ "${1:-}" = "--package" ]; then
+    need debhelper "dh (make deb)" command -v dh
+    need dpkg-dev "dpkg-buildpackage (make deb)" command -v dpkg-buildpackage
+    need lintian "lintian (make deb)" command -v lintian
+    need adduser "adduser (the package's maintainer scripts)" command -v adduser
+    need systemd "systemd-analyze (the unit's security rating)" command -v systemd-analyze
+    need swaks "swaks" command -v swaks
+    need python3-aiosmtpd "Python module aiosmtpd (the next hop)" py_module aiosmtpd.controller
 fi
 
 if [ "$missing" -gt 0 ]; then

@@ -277,3 +277,36 @@ TEST(Config, DnsSectionErrors) {
     EXPECT_NE(s.find("dns.attempts: 0 (allowed 1..10) is out of range"), std::string::npos) << s;
     EXPECT_NE(s.find("dns.min_ttl: longer than dns.max_ttl"), std::string::npos) << s;
 }
+
+TEST(Config, ServesAsSluiceByDefaultAndNeverAsRootUnlessAllowed) {
+    auto r = load_config_text(kGood, "/etc/sluice/sluice.toml");
+    ASSERT_TRUE(r.ok()) << all(r);
+    EXPECT_EQ(r.config->server.user, "sluice");
+    EXPECT_EQ(r.config->server.group, "sluice");
+    EXPECT_FALSE(r.config->server.allow_root);
+
+    std::string text = kGood;
+    text.replace(text.find("shards = 2"), 10,
+                 "shards = 2\nuser = \"mail\"\ngroup = \"mail\"\nallow_root = true");
+    r = load_config_text(text, "/etc/sluice/sluice.toml");
+    ASSERT_TRUE(r.ok()) << all(r);
+    EXPECT_EQ(r.config->server.user, "mail");
+    EXPECT_EQ(r.config->server.group, "mail");
+    EXPECT_TRUE(r.config->server.allow_root);
+
+    // An empty name or a wrong type is an error at its position, not a silent default.
+    text = kGood;
+    text.replace(text.find("shards = 2"), 10, "shards = 2\nuser = \"\"\nallow_root = \"yes\"");
+    r = load_config_text(text, "/etc/sluice/sluice.toml");
+    EXPECT_FALSE(r.ok());
+    std::string errors = all(r);
+    EXPECT_NE(errors.find(":5:"), std::string::npos) << errors;  // user
+    EXPECT_NE(errors.find(":6:"), std::string::npos) << errors;  // allow_root
+}
+
+TEST(Config, SchemaDescribesTheServiceIdentityKeys) {
+    std::string schema = describe_schema();
+    for (const char* key : {"server.user ", "server.group ", "server.allow_root "}) {
+        EXPECT_NE(schema.find(key), std::string::npos) << key;
+    }
+}
